@@ -1,0 +1,42 @@
+"""fmmc: foundation-model material classification.
+
+Importing ``fmmc`` is cheap: heavy modules (torch, transformers) load only when a name below is used.
+
+    >>> import fmmc
+    >>> model = fmmc.MaterialClassifier.from_pretrained("runs/demo/model")   # doctest: +SKIP
+    >>> model.predict("photo.jpg", box=(10, 10, 200, 200)).top(3)             # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "MaterialClassifier": "fmmc.model",
+    "Prediction": "fmmc.model",
+    "Taxonomy": "fmmc.taxonomy",
+    "load_taxonomy": "fmmc.taxonomy",
+    "Region": "fmmc.data.records",
+    "load_dataset": "fmmc.data.dataset",
+    "build": "fmmc.registry",
+}
+
+if TYPE_CHECKING:  # pragma: no cover
+    from fmmc.data.dataset import load_dataset
+    from fmmc.data.records import Region
+    from fmmc.model import MaterialClassifier, Prediction
+    from fmmc.registry import build
+    from fmmc.taxonomy import Taxonomy, load_taxonomy
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'fmmc' has no attribute {name!r}")
+
+
+__all__ = ["__version__", *_LAZY]

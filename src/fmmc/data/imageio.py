@@ -1,0 +1,156 @@
+"""Safe image and mask loading: every failure names the file and says how to fix it.
+
+Handles EXIF rotation, CMYK, 16-bit, palette and alpha images (all become 8-bit RGB), refuses
+decompression bombs and truncated files before they reach a model.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from pathlib import Path
+from typing import IO
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+DEFAULT_MAX_PIXELS = 64_000_000  # ~8000x8000; larger uploads are almost always mistakes or attacks
+
+
+class ImageError(ValueError):
+    """An image or mask that cannot be used; the message names the file and the fix."""
+
+    def __init__(self, path: str | Path, problem: str, fix: str = "") -> None:
+        self.path = str(path)
+        self.problem = problem
+        self.fix = fix
+        super().__init__(f"{path}: {problem}" + (f" ({fix})" if fix else ""))
+
+
+def _open(source: str | Path | bytes | IO[bytes], name: str, max_pixels: int) -> Image.Image:
+    if isinstance(source, (str, Path)):
+        p = Path(source)
+        if not p.is_file():
+            raise ImageError(name, "file not found", "check the path")
+        if p.stat().st_size == 0:
+            raise ImageError(name, "file is empty (0 bytes)", "re-copy or regenerate the image")
+        fp: IO[bytes] | Path = p
+    else:
+        fp = io.BytesIO(source) if isinstance(source, bytes) else source
+        if isinstance(source, bytes) and not source:
+            raise ImageError(name, "empty upload (0 bytes)", "send the image file's bytes")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(fp)
+            w, h = img.size
+            if w * h > max_pixels:
+                raise ImageError(name, f"image is {w}x{h} = {w * h:,} pixels, over the limit of {max_pixels:,}",
+                                 "downscale it, or raise max_pixels if you trust the file")
+            img.load()
+    except ImageError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise ImageError(name, f"refused as a decompression bomb: {e}", "downscale the image") from e
+    except UnidentifiedImageError as e:
+        raise ImageError(name, "not an image file PIL can read", "convert it to JPEG or PNG") from e
+    except (OSError, SyntaxError) as e:
+        raise ImageError(name, f"truncated or corrupt image: {e}", "re-copy or regenerate the file") from e
+    return img
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """8-bit RGB from any PIL mode: 16-bit and float are rescaled, alpha composited onto white."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        arr = np.asarray(img, dtype=np.float64)
+        lo, hi = float(arr.min()), float(arr.max())
+        scale = 255.0 / (hi - lo) if hi > lo else 0.0
+        img = Image.fromarray(((arr - lo) * scale).clip(0, 255).astype(np.uint8), mode="L")
+    if img.mode == "P":
+        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+    if img.mode in ("RGBA", "LA", "PA"):
+        rgba = img.convert("RGBA")
+        bg = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(bg, rgba)
+    if img.mode != "RGB":
+        img = img.convert("RGB")  # CMYK, L, YCbCr, 1, RGBA-composited
+    return img
+
+
+def load_image(
+    source: str | Path | bytes | IO[bytes], name: str | None = None, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> Image.Image:
+    """Load an image as upright 8-bit RGB (EXIF orientation applied)."""
+    name = name or (str(source) if isinstance(source, (str, Path)) else "<upload>")
+    img = _open(source, name, max_pixels)
+    try:
+        img = ImageOps.exif_transpose(img)
+    except Exception:  # noqa: BLE001 - a broken EXIF block must not lose an otherwise good image
+        pass
+    return to_rgb(img)
+
+
+def load_mask(
+    source: str | Path | bytes | IO[bytes],
+    size: tuple[int, int] | None = None,
+    name: str | None = None,
+    threshold: int | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> np.ndarray:
+    """Load a mask as a bool array ``[H, W]`` (non-zero = region).
+
+    ``size`` is the image's (width, height); a mask of another size is an error. Masks must be binary
+    (0 and one other value) unless ``threshold`` is given (JPEG masks, e.g. FMD: ``threshold=128``).
+    """
+    name = name or (str(source) if isinstance(source, (str, Path)) else "<mask>")
+    img = _open(source, name, max_pixels)
+    try:
+        img = ImageOps.exif_transpose(img)
+    except Exception:  # noqa: BLE001
+        pass
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        arr = np.asarray(img.convert("RGBA"))
+        arr = np.where(arr[..., 3] > 0, arr[..., :3].max(axis=-1), 0)
+    elif img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        arr = np.asarray(img)
+    else:
+        arr = np.asarray(img.convert("L"))
+    if size is not None and (arr.shape[1], arr.shape[0]) != tuple(size):
+        raise ImageError(name, f"mask is {arr.shape[1]}x{arr.shape[0]} but its image is {size[0]}x{size[1]}",
+                         "masks must have the image's size; regenerate or resize the mask with nearest-neighbour")
+    if threshold is not None:
+        mask = arr >= threshold
+    else:
+        values = np.unique(arr)
+        if len(values) > 2 or (len(values) == 2 and values[0] != 0):
+            raise ImageError(name, f"mask is not binary (values {values[:6].tolist()}{'...' if len(values) > 6 else ''})",
+                             "write 0 for background and 255 for the region, or pass threshold=128 for JPEG masks")
+        mask = arr > 0
+    if not mask.any():
+        raise ImageError(name, "mask is empty (no non-zero pixel)", "drop this region or fix its mask")
+    return mask
+
+
+def box_to_mask(box: tuple[float, float, float, float], size: tuple[int, int], name: str = "box") -> np.ndarray:
+    """A bool mask ``[H, W]`` for box ``(x0, y0, x1, y1)`` in pixels; ``size`` is (width, height)."""
+    w, h = size
+    x0, y0, x1, y1 = box
+    if not (x1 > x0 and y1 > y0):
+        raise ValueError(f"{name} {tuple(box)} has zero or negative area; expected x0 < x1 and y0 < y1")
+    if x1 <= 0 or y1 <= 0 or x0 >= w or y0 >= h:
+        raise ValueError(f"{name} {tuple(box)} lies outside the {w}x{h} image")
+    xi0, yi0 = max(0, int(np.floor(x0))), max(0, int(np.floor(y0)))
+    xi1, yi1 = min(w, int(np.ceil(x1))), min(h, int(np.ceil(y1)))
+    mask = np.zeros((h, w), dtype=bool)
+    mask[yi0:yi1, xi0:xi1] = True
+    return mask
+
+
+def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()

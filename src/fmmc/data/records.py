@@ -1,0 +1,56 @@
+"""The region record every part of fmmc passes around: an image, an optional mask, a label."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+# metadata.jsonl keys with a meaning; all others are kept in ``extra``.
+KNOWN_KEYS = ("file_name", "label", "mask_file_name", "description", "split", "id", "box")
+
+
+@dataclass
+class Region:
+    """One labelled region. ``image``/``mask`` are absolute paths; ``mask=None`` means the whole image."""
+
+    image: Path
+    mask: Path | None = None
+    label: str | None = None
+    description: str | None = None
+    split: str | None = None
+    id: str = ""
+    box: tuple[int, int, int, int] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.image = Path(self.image)
+        if self.mask is not None:
+            self.mask = Path(self.mask)
+        if not self.id:
+            self.id = self.image.stem if self.mask is None else f"{self.image.stem}:{Path(self.mask).stem}"
+
+    def to_json(self, root: Path | None = None) -> dict[str, Any]:
+        """The metadata.jsonl line for this region (paths relative to ``root`` when given)."""
+
+        def rel(p: Path) -> str:
+            if root is None:
+                return str(p)
+            try:
+                return p.resolve().relative_to(Path(root).resolve()).as_posix()
+            except ValueError:
+                return str(p)
+
+        out: dict[str, Any] = {"file_name": rel(self.image), "id": self.id}
+        if self.label is not None:
+            out["label"] = self.label
+        if self.mask is not None:
+            out["mask_file_name"] = rel(self.mask)
+        if self.description is not None:
+            out["description"] = self.description
+        if self.split is not None:
+            out["split"] = self.split
+        if self.box is not None:
+            out["box"] = list(self.box)
+        out.update(self.extra)
+        return out

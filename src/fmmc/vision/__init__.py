@@ -1,0 +1,1 @@
+"""Vision stream: frozen backbones (by spec), image/mask preprocessing, mask pooling, feature extraction."""
