@@ -24,11 +24,13 @@ _LAZY = {
 }
 
 if TYPE_CHECKING:  # pragma: no cover
-    from fmmc.data.dataset import load_dataset
-    from fmmc.data.records import Region
-    from fmmc.model import MaterialClassifier, Prediction
-    from fmmc.registry import build
-    from fmmc.taxonomy import Taxonomy, load_taxonomy
+    from fmmc.data.dataset import load_dataset as load_dataset
+    from fmmc.data.records import Region as Region
+    from fmmc.model import MaterialClassifier as MaterialClassifier
+    from fmmc.model import Prediction as Prediction
+    from fmmc.registry import build as build
+    from fmmc.taxonomy import Taxonomy as Taxonomy
+    from fmmc.taxonomy import load_taxonomy as load_taxonomy
 
 
 def __getattr__(name: str) -> Any:

@@ -48,7 +48,7 @@ def load_pretrained(loader: Callable[..., T], source: str, what: str, **kwargs: 
         kwargs.setdefault("local_files_only", True)
     try:
         return loader(resolved, **kwargs)
-    except (OSError, ValueError, EnvironmentError) as e:
+    except (OSError, ValueError) as e:
         if local:
             raise WeightsUnavailableError(f"cannot load {what} from local path {resolved!r}: {e}") from e
         raise WeightsUnavailableError(

@@ -27,7 +27,8 @@ class ImageError(ValueError):
         super().__init__(f"{path}: {problem}" + (f" ({fix})" if fix else ""))
 
 
-def _open(source: str | Path | bytes | IO[bytes], name: str, max_pixels: int) -> Image.Image:
+def _open(source: str | Path | bytes | IO[bytes], name: str, max_pixels: int,
+          draft: tuple[int, int] | None = None) -> Image.Image:
     if isinstance(source, (str, Path)):
         p = Path(source)
         if not p.is_file():
@@ -47,6 +48,8 @@ def _open(source: str | Path | bytes | IO[bytes], name: str, max_pixels: int) ->
             if w * h > max_pixels:
                 raise ImageError(name, f"image is {w}x{h} = {w * h:,} pixels, over the limit of {max_pixels:,}",
                                  "downscale it, or raise max_pixels if you trust the file")
+            if draft is not None and img.format == "JPEG":
+                img.draft("RGB", draft)  # decode at a reduced scale that is still >= draft: much faster
             img.load()
     except ImageError:
         raise
@@ -78,11 +81,18 @@ def to_rgb(img: Image.Image) -> Image.Image:
 
 
 def load_image(
-    source: str | Path | bytes | IO[bytes], name: str | None = None, max_pixels: int = DEFAULT_MAX_PIXELS
+    source: str | Path | bytes | IO[bytes],
+    name: str | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    draft: tuple[int, int] | None = None,
 ) -> Image.Image:
-    """Load an image as upright 8-bit RGB (EXIF orientation applied)."""
+    """Load an image as upright 8-bit RGB (EXIF orientation applied).
+
+    ``draft=(w, h)`` lets JPEG decoding skip detail a model resizing to about that size would drop
+    (the result is still at least that large, and keeps the aspect ratio).
+    """
     name = name or (str(source) if isinstance(source, (str, Path)) else "<upload>")
-    img = _open(source, name, max_pixels)
+    img = _open(source, name, max_pixels, draft)
     try:
         img = ImageOps.exif_transpose(img)
     except Exception:  # noqa: BLE001 - a broken EXIF block must not lose an otherwise good image

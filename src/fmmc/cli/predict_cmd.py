@@ -1,0 +1,109 @@
+"""``fmmc predict MODEL IMAGE|FOLDER|DATASET [--mask PNG | --box x0,y0,x1,y1] [--top-k N] [--json] [--out FILE]``.
+
+One image prints its top materials; a folder of images or a dataset (metadata.jsonl) writes one line per
+region to ``--out`` (JSONL, or CSV by extension) with a progress bar; bad items are skipped and listed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+from pathlib import Path
+
+IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"}
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("predict", help="classify the material of a region, an image, a folder or a dataset")
+    p.add_argument("model", help="model directory (from `fmmc train`) or hub id")
+    p.add_argument("input", help="image file, folder of images, or dataset folder with metadata.jsonl")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--mask", help="region mask PNG (same size as the image, non-zero = region)")
+    g.add_argument("--box", help="region box x0,y0,x1,y1 in pixels")
+    g.add_argument("--point", help="a point x,y on the object (needs a segmenter: SAM)")
+    g.add_argument("--object", help="object name to find (needs a grounder + segmenter)")
+    p.add_argument("--description", help="appearance description for the language stream (else the describer's)")
+    p.add_argument("--classes", help="comma-separated subset of the taxonomy to choose from")
+    p.add_argument("--top-k", type=int, default=5)
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--out", help="output file for folders/datasets (.jsonl or .csv); default stdout JSONL")
+    p.add_argument("--save-mask", help="write the region mask used (for --point/--object) to this PNG")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+
+def _floats(text: str, n: int, name: str) -> tuple[float, ...]:
+    try:
+        vals = tuple(float(v) for v in text.split(","))
+    except ValueError as e:
+        raise ValueError(f"--{name} {text!r}: expected {n} comma-separated numbers") from e
+    if len(vals) != n:
+        raise ValueError(f"--{name} {text!r}: expected {n} comma-separated numbers")
+    return vals
+
+
+def run(args: argparse.Namespace) -> int:
+    from fmmc.model import MaterialClassifier
+
+    model = MaterialClassifier.from_pretrained(args.model)
+    classes = [c.strip() for c in args.classes.split(",")] if args.classes else None
+    src = Path(args.input)
+    if src.is_dir():
+        return _batch(model, src, classes, args)
+    if not src.exists():
+        raise FileNotFoundError(f"{src}: no such image, folder or dataset")
+    prompts = {}
+    if args.point:
+        prompts["point"] = _floats(args.point, 2, "point")
+    if args.object:
+        prompts["object"] = args.object
+    pred = model.predict(src, mask=args.mask, box=_floats(args.box, 4, "box") if args.box else None,
+                         description=args.description, classes=classes, **prompts)
+    if args.save_mask and pred.mask is not None:
+        from PIL import Image
+
+        Image.fromarray(pred.mask.astype("uint8") * 255).save(args.save_mask)
+    if args.json:
+        print(json.dumps(pred.to_json(args.top_k)))
+    else:
+        for label, prob in pred.top(args.top_k):
+            print(f"{label:<12} {prob:.3f}")
+    return 0
+
+
+def _batch(model, src: Path, classes, args: argparse.Namespace) -> int:
+    from fmmc.data.dataset import load_dataset
+    from fmmc.data.records import Region
+
+    if (src / "metadata.jsonl").is_file():
+        regions = load_dataset(src)
+    else:
+        files = sorted(p for p in src.rglob("*") if p.suffix.lower() in IMAGE_EXTS)
+        if not files:
+            raise ValueError(f"{src}: no images ({', '.join(sorted(IMAGE_EXTS))}) and no metadata.jsonl")
+        regions = [Region(image=p, id=str(p.relative_to(src))) for p in files]
+    preds, failures = model.predict_regions(regions, classes=classes, progress=not args.quiet)
+    rows = [dict(p.to_json(args.top_k), **({"true_label": r.label} if r.label else {}))
+            for r, p in zip(regions, preds) if p is not None]
+    out = Path(args.out) if args.out else None
+    if out is not None and out.suffix == ".csv":
+        with open(out, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["id", "label", "confidence", "top"])
+            for r in rows:
+                w.writerow([r["id"], r["label"], r["confidence"], ";".join(f"{t['label']}:{t['prob']}" for t in r["top"])])
+    else:
+        f = open(out, "w") if out is not None else sys.stdout
+        for r in rows:
+            f.write(json.dumps(r) + "\n")
+        if out is not None:
+            f.close()
+    if failures:
+        print(f"{len(failures)} item(s) skipped:", file=sys.stderr)
+        for rid, msg in failures:
+            print(f"  {rid}: {msg}", file=sys.stderr)
+    if out is not None:
+        print(f"{len(rows)} predictions written to {out}", file=sys.stderr)
+    return 0

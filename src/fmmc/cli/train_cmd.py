@@ -1,0 +1,47 @@
+"""``fmmc train --data DATASET --out RUN [--config FILE] [key=value ...]``."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train the two-stream classifier on a labelled dataset",
+                       description="Train the head on frozen backbone features (the paper) or fine-tune (mode=full). "
+                                   "Settings: defaults < --config FILE < flags < key=value overrides "
+                                   "(any TrainConfig field, e.g. lr=1e-3 streams=vision).")
+    p.add_argument("--data", help="dataset folder with metadata.jsonl")
+    p.add_argument("--out", help="run directory (model in OUT/model)")
+    p.add_argument("--config", help="YAML/JSON TrainConfig file")
+    p.add_argument("--backbone", help="vision backbone spec (see `fmmc list backbones`)")
+    p.add_argument("--text-encoder", help="text encoder spec (see `fmmc list text-encoders`)")
+    p.add_argument("--describer", help="describer spec (see `fmmc list describers`)")
+    p.add_argument("--streams", choices=["both", "vision", "language"])
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("overrides", nargs="*", help="key=value TrainConfig overrides")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from fmmc.config import load_config
+    from fmmc.train.config import TrainConfig
+    from fmmc.train.trainer import train
+
+    overrides = list(args.overrides)
+    for flag, key in (("data", "data"), ("out", "out"), ("backbone", "backbone"), ("text_encoder", "text_encoder"),
+                      ("describer", "describer"), ("streams", "streams"), ("epochs", "epochs")):
+        val = getattr(args, flag)
+        if val is not None:
+            overrides.insert(0, f"{key}={val}")
+    if args.quiet:
+        overrides.append("progress=false")
+    cfg = load_config(TrainConfig, args.config, overrides)
+    run_dir = train(cfg)
+    import json
+
+    summary = json.loads((run_dir / "summary.json").read_text())
+    acc = summary.get("val_acc")
+    print(f"model: {run_dir / 'model'}  (train {summary['n_train']}, val {summary['n_val']}"
+          + (f", val acc {acc:.3f}" if acc is not None else "") + ")")
+    return 0

@@ -1,0 +1,189 @@
+"""Describers turn a region into one sentence about its material appearance; :func:`describe_regions`
+runs one over a dataset with a cache.
+
+    >>> from fmmc.registry import build
+    >>> describer = build("describer", "openai:gpt-4o-mini")   # or "hf:...", "metadata", "none"
+    >>> texts, failures = describe_regions(regions, describer, DescriptionCache("desc.sqlite"))  # doctest: +SKIP
+
+A describer is any object with ``spec``, ``prompt_version`` and ``describe(image, mask, region)``;
+it must be safe to call from several threads at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+from PIL import Image
+
+from fmmc.data.imageio import box_to_mask, file_sha256, load_image, load_mask
+from fmmc.data.records import Region
+from fmmc.language.cache import DescriptionCache, box_sha
+
+log = logging.getLogger(__name__)
+
+JPEG_SUFFIXES = (".jpg", ".jpeg")
+JPEG_MASK_THRESHOLD = 128  # JPEG masks (FMD) are not exactly binary
+
+
+class DescriberError(RuntimeError):
+    """A describer (or the chat endpoint behind it) failed; the message says where and why."""
+
+
+@runtime_checkable
+class Describer(Protocol):
+    spec: str
+    prompt_version: str  # part of the cache key; bump when the prompt changes
+
+    def describe(self, image: Image.Image, mask: np.ndarray | None, region: Region | None = None) -> str: ...
+
+
+class NoneDescriber:
+    """The ablation without a language stream: every description is ""."""
+
+    needs_image = False  # describe_regions skips loading images and the cache
+
+    def __init__(self) -> None:
+        self.spec = "none"
+        self.prompt_version = "none"
+
+    def describe(self, image: Image.Image | None, mask: np.ndarray | None, region: Region | None = None) -> str:
+        return ""
+
+
+class MetadataDescriber:
+    """The dataset's own ``description`` field (e.g. written by the data engine or a human)."""
+
+    needs_image = False
+
+    def __init__(self) -> None:
+        self.spec = "metadata"
+        self.prompt_version = "metadata"
+
+    def describe(self, image: Image.Image | None, mask: np.ndarray | None, region: Region | None = None) -> str:
+        if region is None:
+            raise ValueError("the 'metadata' describer needs the region (describe(image, mask, region=...))")
+        if region.description is None:
+            raise ValueError(
+                f"region {region.id!r} has no 'description' field; add one to metadata.jsonl or use "
+                "another describer (e.g. 'openai:gpt-4o-mini' or 'none')"
+            )
+        return region.description
+
+
+def _no_arg(name: str, arg: str) -> None:
+    if arg:
+        raise ValueError(f"describer {name!r} takes no argument, got {name}:{arg!r}; use plain {name!r}")
+
+
+def build_none(arg: str = "", **kwargs: Any) -> NoneDescriber:
+    _no_arg("none", arg)
+    return NoneDescriber()
+
+
+def build_metadata(arg: str = "", **kwargs: Any) -> MetadataDescriber:
+    _no_arg("metadata", arg)
+    return MetadataDescriber()
+
+
+def load_region(region: Region, mask_threshold: int | None = None) -> tuple[Image.Image, np.ndarray | None]:
+    """The region's RGB image and bool mask ``[H, W]`` (None: whole image). A mask file wins over a box.
+
+    JPEG masks are thresholded at 128 unless ``mask_threshold`` says otherwise.
+    """
+    img = load_image(region.image)
+    if region.mask is not None:
+        threshold = mask_threshold
+        if threshold is None and region.mask.suffix.lower() in JPEG_SUFFIXES:
+            threshold = JPEG_MASK_THRESHOLD
+        return img, load_mask(region.mask, size=img.size, threshold=threshold)
+    if region.box is not None:
+        return img, box_to_mask(region.box, img.size, name=f"box of region {region.id!r}")
+    return img, None
+
+
+def describe_regions(
+    regions: list[Region],
+    describer: Describer,
+    cache: DescriptionCache | None,
+    progress: bool = True,
+    workers: int = 1,
+) -> tuple[list[str | None], list[tuple[str, str]]]:
+    """Describe every region, consulting ``cache`` first; never raises for one bad region.
+
+    Returns ``(descriptions, failures)``: descriptions aligned with ``regions`` (None where it failed)
+    and ``(region.id, message)`` per failure. ``workers > 1`` describes regions in parallel threads
+    (useful for remote endpoints; a local VLM serialises on its own lock).
+    """
+    from tqdm.auto import tqdm
+
+    needs_image = getattr(describer, "needs_image", True)
+    use_cache = cache is not None and needs_image
+    shas: dict[Path, str] = {}  # many regions share one image: hash each file once
+    sha_lock = threading.Lock()
+
+    def sha(path: Path) -> str:
+        with sha_lock:
+            if path in shas:
+                return shas[path]
+        value = file_sha256(path)
+        with sha_lock:
+            shas[path] = value
+        return value
+
+    def one(region: Region) -> str:
+        if not needs_image:
+            return describer.describe(None, None, region)  # type: ignore[arg-type]
+        keys: tuple[str, str] | None = None
+        if use_cache:
+            assert cache is not None
+            image_sha = sha(region.image)  # first, so a missing image is reported as such
+            if region.mask is not None:
+                keys = (image_sha, sha(region.mask))
+            else:
+                keys = (image_sha, box_sha(region.box) if region.box is not None else "")
+            hit = cache.get(*keys, describer.spec, describer.prompt_version)
+            if hit is not None:
+                return hit
+        img, mask = load_region(region)
+        text = describer.describe(img, mask, region)
+        if keys is not None:
+            assert cache is not None
+            cache.put(*keys, describer.spec, describer.prompt_version, text)
+        return text
+
+    out: list[str | None] = [None] * len(regions)
+    failed: list[tuple[int, str]] = []
+
+    def record(i: int, call: Callable[[], str]) -> None:
+        try:
+            out[i] = call()
+        except Exception as e:  # noqa: BLE001 - one bad region must not stop a dataset
+            message = f"{type(e).__name__}: {e}"
+            failed.append((i, message))
+            log.warning("cannot describe region %r: %s", regions[i].id, message)
+
+    bar = tqdm(total=len(regions), desc=f"describe ({describer.spec})", disable=not progress, unit="region")
+    try:
+        if workers <= 1:
+            for i, region in enumerate(regions):
+                record(i, lambda r=region: one(r))
+                bar.update(1)
+        else:
+            with ThreadPoolExecutor(max_workers=workers) as pool:
+                futures = {pool.submit(one, region): i for i, region in enumerate(regions)}
+                for fut in as_completed(futures):
+                    record(futures[fut], fut.result)
+                    bar.update(1)
+    finally:
+        bar.close()
+    failures = [(regions[i].id, message) for i, message in sorted(failed)]
+    if failures:
+        log.warning("%d of %d regions could not be described (first: %s: %s)", len(failures), len(regions),
+                    *failures[0])
+    return out, failures

@@ -1,0 +1,1 @@
+"""Training the head (frozen backbones, the paper's protocol) or the whole vision stream (``mode=full``)."""

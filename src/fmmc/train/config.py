@@ -1,0 +1,44 @@
+"""``TrainConfig``: every setting of a training run; written as ``train_config.yaml`` next to its outputs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class TrainConfig:
+    data: str = ""  # dataset folder (metadata.jsonl)
+    val_data: str | None = None  # separate validation set; else the `split` field, else a stratified split
+    out: str = "runs/train"
+    taxonomy: str = "default"
+    # vision stream
+    backbone: str = "hf:facebook/dinov2-base"
+    image_size: int | None = None  # None: the backbone's default (448 for DINOv2)
+    pooling: str = "max"  # max (paper) | mean | cls
+    min_coverage: float = 0.5  # mask -> patch grid rule, see fmmc.vision.pooling
+    null_mask: bool = False  # ablation: ignore masks, pool the whole image
+    dtype: str = "fp32"  # fp32 | bf16 | fp16 (backbone autocast)
+    # language stream
+    describer: str = "metadata"
+    text_encoder: str = "hf:openai/clip-vit-base-patch32"
+    streams: str = "both"  # both | vision | language
+    # head and optimisation
+    mode: str = "head"  # head: frozen backbones (paper) | full: fine-tune the vision backbone too
+    hidden: int = 512
+    dropout: float = 0.1
+    lr: float = 5e-5  # AdamW, the paper's value
+    backbone_lr: float = 1e-5  # mode=full only
+    weight_decay: float = 0.01
+    epochs: int = 200
+    batch_size: int = 64
+    patience: int = 20  # early stopping on validation loss
+    val_fraction: float = 0.1
+    train_fraction: float = 1.0  # data-scale ablation: stratified fraction of the training split
+    class_weights: bool = False  # inverse-frequency weights in the loss
+    label_smoothing: float = 0.0
+    calibrate: bool = True  # fit a temperature on the validation split
+    seed: int = 0
+    device: str = "cpu"
+    extract_batch_size: int = 8
+    cache_dir: str | None = None  # default ~/.cache/fmmc (or $FMMC_CACHE)
+    progress: bool = True

@@ -1,0 +1,299 @@
+"""Train the two-stream classifier: ``fmmc train --data DATASET --out RUN [key=value ...]``.
+
+    >>> from fmmc.train.config import TrainConfig
+    >>> from fmmc.train.trainer import train
+    >>> run = train(TrainConfig(data="my_dataset", backbone="builtin:efficientnet-lite0", streams="vision"))  # doctest: +SKIP
+
+Head mode (the paper): features from frozen backbones are extracted once (and cached on disk), then only
+the head is trained with AdamW + cross-entropy, early stopping on validation loss, and a temperature
+fitted on the validation split. Full mode back-propagates into the vision backbone as well (ablation).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import random
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from fmmc.config import save_config
+from fmmc.data.dataset import load_dataset, split_regions
+from fmmc.data.records import Region
+from fmmc.head.mlp import MaterialHead, fit_temperature
+from fmmc.taxonomy import Taxonomy, load_taxonomy
+from fmmc.train.config import TrainConfig
+
+log = logging.getLogger(__name__)
+MIN_CALIBRATION = 20  # fewer validation regions than this: a fitted temperature would be noise, keep T=1
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def split_for_training(cfg: TrainConfig) -> tuple[list[Region], list[Region]]:
+    """(train, val) regions following cfg: val_data, else `split` fields, else a stratified split."""
+    if not cfg.data:
+        raise ValueError("no training data: pass --data DATASET (a folder with metadata.jsonl)")
+    regions = [r for r in load_dataset(cfg.data) if r.split not in ("test",)]
+    if cfg.val_data:
+        val = [r for r in load_dataset(cfg.val_data) if r.split not in ("test", "train")]
+        train = regions
+    elif any(r.split in ("val", "validation") for r in regions):
+        val = [r for r in regions if r.split in ("val", "validation")]
+        train = [r for r in regions if r.split not in ("val", "validation")]
+    else:
+        train, val = split_regions(regions, cfg.val_fraction, cfg.seed)
+    if cfg.train_fraction < 1.0:
+        if not 0 < cfg.train_fraction:
+            raise ValueError(f"train_fraction must be in (0, 1], got {cfg.train_fraction}")
+        _, train = split_regions(train, 1.0 - cfg.train_fraction, cfg.seed)
+    if cfg.null_mask:
+        train = [replace(r, mask=None, box=None) for r in train]
+        val = [replace(r, mask=None, box=None) for r in val]
+    return train, val
+
+
+def label_indices(regions: list[Region], taxonomy: Taxonomy, where: str) -> torch.Tensor:
+    bad = [(r.id, r.label) for r in regions if r.label is None or r.label not in taxonomy]
+    if bad:
+        shown = ", ".join(f"{i} ({lab!r})" for i, lab in bad[:5])
+        raise ValueError(
+            f"{where}: {len(bad)} region(s) have no label or one outside taxonomy {taxonomy.name!r}: {shown}"
+            f"{' ...' if len(bad) > 5 else ''}. Known labels: {', '.join(taxonomy.names)}. "
+            "Fix the labels or pass --taxonomy FILE with these classes."
+        )
+    return torch.tensor([taxonomy.index(r.label) for r in regions], dtype=torch.long)  # type: ignore[arg-type]
+
+
+def _class_weights(y: torch.Tensor, k: int) -> torch.Tensor:
+    counts = torch.bincount(y, minlength=k).float()
+    w = torch.where(counts > 0, counts.sum() / (k * counts.clamp_min(1)), torch.zeros_like(counts))
+    return w
+
+
+def train(cfg: TrainConfig) -> Path:
+    """Run training; returns the run directory (model in ``RUN/model``)."""
+    from fmmc.encoder import build_encoder
+    from fmmc.model import MaterialClassifier
+
+    t0 = time.time()
+    seed_everything(cfg.seed)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out / "train_config.yaml")
+    taxonomy = load_taxonomy(cfg.taxonomy)
+    train_regions, val_regions = split_for_training(cfg)
+    label_indices(train_regions, taxonomy, f"{cfg.data} (train)")
+    label_indices(val_regions, taxonomy, f"{cfg.val_data or cfg.data} (val)")
+    if not train_regions:
+        raise ValueError(f"{cfg.data}: no training regions (all are split=test?)")
+    log.info("training on %d regions, validating on %d", len(train_regions), len(val_regions))
+
+    encoder = build_encoder(cfg.streams, cfg.backbone, cfg.text_encoder, cfg.describer, image_size=cfg.image_size,
+                            pooling=cfg.pooling, min_coverage=cfg.min_coverage, dtype=cfg.dtype, device=cfg.device,
+                            batch_size=cfg.extract_batch_size, cache_dir=cfg.cache_dir, use_cache=cfg.mode == "head")
+    head = MaterialHead(encoder.vision_dim, encoder.text_dim, len(taxonomy), cfg.hidden, cfg.dropout, cfg.streams)
+
+    if cfg.mode == "head":
+        summary = _train_head(cfg, encoder, head, taxonomy, train_regions, val_regions, out)
+    elif cfg.mode == "full":
+        summary = _train_full(cfg, encoder, head, taxonomy, train_regions, val_regions, out)
+    else:
+        raise ValueError(f"mode={cfg.mode!r}: choose head (frozen backbones, the paper) or full")
+
+    model = MaterialClassifier.from_parts(cfg, taxonomy, encoder, head)
+    model.save_pretrained(out / "model", include_backbone=cfg.mode == "full")
+    summary["seconds"] = round(time.time() - t0, 1)
+    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    if summary["failures"]:
+        (out / "failures.txt").write_text("".join(f"{i}\t{m}\n" for i, m in summary["failures"]))
+        print(f"{len(summary['failures'])} region(s) skipped; see {out / 'failures.txt'}")
+    log.info("model saved to %s", out / "model")
+    return out
+
+
+def _encode(encoder: Any, regions: list[Region], taxonomy: Taxonomy, progress: bool) -> tuple[Any, torch.Tensor, list]:
+    enc = encoder.encode_regions(regions, progress=progress)
+    y = label_indices([regions[i] for i in enc.index], taxonomy, "regions")
+    return enc, y, enc.failures
+
+
+def _train_head(cfg: TrainConfig, encoder: Any, head: MaterialHead, taxonomy: Taxonomy, train_r: list[Region],
+                val_r: list[Region], out: Path) -> dict[str, Any]:
+    tr, y_tr, fail_tr = _encode(encoder, train_r, taxonomy, cfg.progress)
+    va, y_va, fail_va = _encode(encoder, val_r, taxonomy, cfg.progress) if val_r else (None, torch.empty(0, dtype=torch.long), [])
+    if len(y_tr) == 0:
+        raise ValueError("every training region failed to load; see the messages above")
+    weight = _class_weights(y_tr, len(taxonomy)) if cfg.class_weights else None
+    loss_fn = nn.CrossEntropyLoss(weight=weight, label_smoothing=cfg.label_smoothing)
+    opt = torch.optim.AdamW(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    gen = torch.Generator().manual_seed(cfg.seed)
+
+    def logits_of(enc: Any, idx: torch.Tensor | slice) -> torch.Tensor:
+        return head(enc.vis[idx] if enc.vis is not None else None, enc.txt[idx] if enc.txt is not None else None)
+
+    best: dict[str, Any] = {"loss": float("inf"), "state": copy.deepcopy(head.state_dict()), "epoch": 0}
+    bad_epochs = 0
+    log_f = open(out / "train_log.jsonl", "w", encoding="utf-8")
+    bar = tqdm(range(cfg.epochs), desc="train head", unit="epoch", disable=not cfg.progress, dynamic_ncols=True)
+    n = len(y_tr)
+    for epoch in bar:
+        head.train()
+        perm = torch.randperm(n, generator=gen)
+        total = 0.0
+        for i in range(0, n, cfg.batch_size):
+            idx = perm[i : i + cfg.batch_size]
+            loss = loss_fn(logits_of(tr, idx), y_tr[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            total += float(loss.detach()) * len(idx)
+        rec = {"epoch": epoch + 1, "train_loss": total / n}
+        head.eval()
+        with torch.no_grad():
+            if va is not None and len(y_va):
+                lv = logits_of(va, slice(None))
+                rec["val_loss"] = float(nn.functional.cross_entropy(lv, y_va))
+                rec["val_acc"] = float((lv.argmax(-1) == y_va).float().mean())
+        log_f.write(json.dumps(rec) + "\n")
+        bar.set_postfix({k: round(v, 4) for k, v in rec.items() if k != "epoch"})
+        key = rec.get("val_loss", rec["train_loss"])
+        if key < best["loss"] - 1e-6:
+            best = {"loss": key, "state": copy.deepcopy(head.state_dict()), "epoch": epoch + 1}
+            bad_epochs = 0
+        else:
+            bad_epochs += 1
+            if va is not None and len(y_va) and bad_epochs >= cfg.patience:
+                log.info("early stop at epoch %d (best %d)", epoch + 1, best["epoch"])
+                break
+    log_f.close()
+    head.load_state_dict(best["state"])
+    head.eval()
+    summary: dict[str, Any] = {"best_epoch": best["epoch"], "n_train": int(len(y_tr)), "n_val": int(len(y_va)),
+                               "failures": fail_tr + fail_va}
+    with torch.no_grad():
+        summary["train_acc"] = float((logits_of(tr, slice(None)).argmax(-1) == y_tr).float().mean())
+        if va is not None and len(y_va):
+            lv = logits_of(va, slice(None))
+            summary["val_acc"] = float((lv.argmax(-1) == y_va).float().mean())
+            if cfg.calibrate and len(y_va) >= MIN_CALIBRATION:
+                t = fit_temperature(lv, y_va)
+                head.temperature.fill_(t)
+                summary["temperature"] = t
+    return summary
+
+
+def _train_full(cfg: TrainConfig, encoder: Any, head: MaterialHead, taxonomy: Taxonomy, train_r: list[Region],
+                val_r: list[Region], out: Path) -> dict[str, Any]:
+    """Fine-tune the vision backbone with the head (images are decoded every epoch; no feature cache)."""
+    ex = encoder.extractor
+    if ex is None:
+        raise ValueError("mode=full fine-tunes the vision backbone: it needs streams=vision or both")
+    txt_tr = txt_va = None
+    if encoder.text_encoder is not None:
+        enc_tr = encoder.encode_regions(train_r, progress=cfg.progress)
+        train_r = [train_r[i] for i in enc_tr.index]
+        txt_tr = enc_tr.txt
+        if val_r:
+            enc_va = encoder.encode_regions(val_r, progress=cfg.progress)
+            val_r = [val_r[i] for i in enc_va.index]
+            txt_va = enc_va.txt
+    y_tr = label_indices(train_r, taxonomy, "train")
+    y_va = label_indices(val_r, taxonomy, "val")
+    ex.backbone.train()
+    for p in ex.backbone.parameters():
+        p.requires_grad_(True)
+    opt = torch.optim.AdamW([{"params": head.parameters(), "lr": cfg.lr},
+                             {"params": ex.backbone.parameters(), "lr": cfg.backbone_lr}], weight_decay=cfg.weight_decay)
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    failures: list[tuple[str, str]] = []
+
+    def run(regions: list[Region], y: torch.Tensor, txt: torch.Tensor | None, order: torch.Tensor, train_: bool) -> tuple[float, float, torch.Tensor]:
+        total, correct, all_logits = 0.0, 0, []
+        for i in range(0, len(order), cfg.batch_size):
+            idx = order[i : i + cfg.batch_size].tolist()
+            loaded = [ex._load(regions[j]) for j in idx]
+            keep = [k for k, (_, p, err) in enumerate(loaded) if p is not None]
+            for k, (_, _p, err) in enumerate(loaded):
+                if err:
+                    failures.append((regions[idx[k]].id, err))
+            if not keep:
+                continue
+            pix = torch.stack([loaded[k][1].pixels for k in keep])
+            cells = torch.stack([loaded[k][1].cells for k in keep])
+            jj = torch.tensor([idx[k] for k in keep])
+            with torch.set_grad_enabled(train_):
+                vis = ex.pooled(pix, cells)
+                logits = head(vis, txt[jj] if txt is not None else None)
+                loss = loss_fn(logits, y[jj])
+            if train_:
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+            total += float(loss.detach()) * len(keep)
+            correct += int((logits.argmax(-1) == y[jj]).sum())
+            all_logits.append(logits.detach())
+        n = max(1, len(order))
+        return total / n, correct / n, torch.cat(all_logits) if all_logits else torch.empty(0)
+
+    ex.cache = None  # features change as the backbone trains
+    best = {"loss": float("inf"), "epoch": 0, "head": copy.deepcopy(head.state_dict()),
+            "backbone": copy.deepcopy(ex.backbone.state_dict())}
+    bad_epochs = 0
+    with open(out / "train_log.jsonl", "w", encoding="utf-8") as log_f:
+        bar = tqdm(range(cfg.epochs), desc="train full", unit="epoch", disable=not cfg.progress)
+        for epoch in bar:
+            head.train()
+            ex.backbone.train()
+            tl, ta, _ = run(train_r, y_tr, txt_tr, torch.randperm(len(train_r), generator=gen), True)
+            rec: dict[str, Any] = {"epoch": epoch + 1, "train_loss": tl, "train_acc": ta}
+            head.eval()
+            ex.backbone.eval()
+            if val_r:
+                vl, va_acc, _ = run(val_r, y_va, txt_va, torch.arange(len(val_r)), False)
+                rec.update(val_loss=vl, val_acc=va_acc)
+            log_f.write(json.dumps(rec) + "\n")
+            bar.set_postfix({k: round(v, 4) for k, v in rec.items() if k != "epoch"})
+            key = rec.get("val_loss", tl)
+            if key < best["loss"] - 1e-6:
+                best = {"loss": key, "epoch": epoch + 1, "head": copy.deepcopy(head.state_dict()),
+                        "backbone": copy.deepcopy(ex.backbone.state_dict())}
+                bad_epochs = 0
+            else:
+                bad_epochs += 1
+                if val_r and bad_epochs >= cfg.patience:
+                    break
+    head.load_state_dict(best["head"])
+    ex.backbone.load_state_dict(best["backbone"])
+    head.eval()
+    ex.backbone.eval()
+    for p in ex.backbone.parameters():
+        p.requires_grad_(False)
+    summary: dict[str, Any] = {"best_epoch": best["epoch"], "n_train": len(train_r), "n_val": len(val_r),
+                               "failures": sorted(set(failures))}
+    if val_r:
+        with torch.no_grad():
+            vl, va_acc, lv = run(val_r, y_va, txt_va, torch.arange(len(val_r)), False)
+        summary["val_acc"] = va_acc
+        if cfg.calibrate and len(lv) == len(y_va) >= MIN_CALIBRATION:
+            t = fit_temperature(lv, y_va)
+            head.temperature.fill_(t)
+            summary["temperature"] = t
+    return summary
+
+
+def config_dict(cfg: TrainConfig) -> dict[str, Any]:
+    return asdict(cfg)

@@ -1,0 +1,216 @@
+"""Images + masks on disk -> pooled vision features, batched, prefetched and cached.
+
+    >>> from fmmc.registry import build
+    >>> ex = FeatureExtractor(build("backbone", "builtin:efficientnet-lite0"), pooling="max")   # doctest: +SKIP
+    >>> feats, ok, failed = ex.extract_regions(regions)                                          # doctest: +SKIP
+
+Decoding and resizing the next batch runs in a background thread while the model runs on this one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm.auto import tqdm
+
+from fmmc.data.imageio import ImageError, box_to_mask, file_sha256, load_image, load_mask
+from fmmc.data.records import Region
+from fmmc.features.cache import FeatureCache
+from fmmc.vision.pooling import mask_to_grid, pool
+from fmmc.vision.protocol import Preprocess, as_output
+
+log = logging.getLogger(__name__)
+
+_RESAMPLE = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR, "nearest": Image.NEAREST, "lanczos": Image.LANCZOS}
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass
+class Prepared:
+    pixels: torch.Tensor  # [3, H, W] normalised
+    cells: torch.Tensor  # [h, w] bool
+
+
+def to_pixels(image: Image.Image, pre: Preprocess) -> torch.Tensor:
+    """Resize (no crop) and normalise one RGB image -> [3, H, W] float32."""
+    h, w = pre.image_size
+    if image.size != (w, h):
+        image = image.resize((w, h), _RESAMPLE.get(pre.resample, Image.BICUBIC))
+    x = torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1).float().div_(255.0)
+    mean = torch.tensor(pre.mean).view(3, 1, 1)
+    std = torch.tensor(pre.std).view(3, 1, 1)
+    return x.sub_(mean).div_(std)
+
+
+def region_mask(region: Region, size: tuple[int, int]) -> np.ndarray | None:
+    """The region's mask as bool [H, W] (mask file, else box, else None = whole image)."""
+    if region.mask is not None:
+        return load_mask(region.mask, size=size, threshold=region.extra.get("mask_threshold"))
+    if region.box is not None:
+        return box_to_mask(region.box, size, name=f"box of {region.id}")
+    return None
+
+
+class FeatureExtractor:
+    def __init__(
+        self,
+        backbone: torch.nn.Module,
+        pooling: str = "max",
+        min_coverage: float = 0.5,
+        batch_size: int = 8,
+        dtype: str = "fp32",
+        device: str = "cpu",
+        cache: FeatureCache | None = None,
+        prefetch: bool = True,
+    ) -> None:
+        if dtype not in DTYPES:
+            raise ValueError(f"dtype {dtype!r}: choose one of {list(DTYPES)}")
+        self.backbone = backbone.to(device)
+        self.pre: Preprocess = backbone.preprocess
+        self.pooling = pooling
+        self.min_coverage = min_coverage
+        self.batch_size = batch_size
+        self.dtype = dtype
+        self.device = torch.device(device)
+        self.cache = cache
+        self.prefetch = prefetch
+
+    # --- settings that change a feature (the cache namespace) ---
+    def settings(self) -> dict[str, Any]:
+        return {
+            "backbone": getattr(self.backbone, "spec", type(self.backbone).__name__),
+            "preprocess": self.pre.to_dict(),
+            "pooling": self.pooling,
+            "min_coverage": self.min_coverage,
+            "dtype": self.dtype,
+        }
+
+    def prepare(self, image: Image.Image, mask: np.ndarray | None) -> Prepared:
+        return Prepared(to_pixels(image, self.pre), mask_to_grid(mask, self.pre.grid, self.min_coverage))
+
+    def pooled(self, pixels: torch.Tensor, cells: torch.Tensor) -> torch.Tensor:
+        """Backbone forward + pooling for a batch (differentiable when grads are on): -> [B, C] float32."""
+        pixels = pixels.to(self.device, non_blocking=True)
+        ctx = (torch.autocast(self.device.type, dtype=DTYPES[self.dtype]) if self.dtype != "fp32"
+               else contextlib.nullcontext())
+        with ctx:
+            out = as_output(self.backbone(pixels))
+        fmap = out.feature_map
+        if tuple(fmap.shape[-2:]) != tuple(cells.shape[-2:]):
+            # conv nets may round the grid differently from image_size // stride: recompute cells there
+            raise RuntimeError(f"feature grid {tuple(fmap.shape[-2:])} != expected {tuple(cells.shape[-2:])}; "
+                               "set the backbone's preprocess.patch_size to its real stride")
+        return pool(fmap.float(), cells, self.pooling, None if out.cls is None else out.cls.float())
+
+    @torch.inference_mode()
+    def extract_arrays(self, items: Sequence[tuple[Image.Image, np.ndarray | None]]) -> torch.Tensor:
+        """In-memory images (+ masks) -> [N, C]; no cache."""
+        self.backbone.eval()
+        outs = []
+        for i in range(0, len(items), self.batch_size):
+            prepared = [self.prepare(img, m) for img, m in items[i : i + self.batch_size]]
+            outs.append(self.pooled(torch.stack([p.pixels for p in prepared]), torch.stack([p.cells for p in prepared])))
+        return torch.cat(outs) if outs else torch.empty(0, self.backbone.feature_dim)
+
+    def _load(self, region: Region) -> tuple[str, Prepared | None, str | None]:
+        """(cache key, prepared inputs or None if cached, error message)."""
+        try:
+            key = region_key(region)
+            if self.cache is not None and key in self.cache:
+                return key, None, None
+            draft = (self.pre.image_size[1], self.pre.image_size[0])
+            img = load_image(region.image, draft=draft)
+            if region.mask is not None or region.box is not None:
+                # masks are checked against the full-size image, then applied to the (maybe drafted) one
+                full = _image_size(region.image)
+                mask = region_mask(region, full)
+            else:
+                mask = None
+            return key, self.prepare(img, mask), None
+        except (ImageError, ValueError, OSError) as e:
+            return "", None, str(e)
+
+    def extract_regions(
+        self, regions: Sequence[Region], progress: bool = True, desc: str = "features"
+    ) -> tuple[torch.Tensor, list[int], list[tuple[str, str]]]:
+        """Features for ``regions`` -> (features [M, C] for the M that worked, their indices, failures).
+
+        Cached vectors are reused; new ones are added to the cache. A bad image or mask is skipped and
+        reported as ``(region.id, message)``; finished work is kept in the cache.
+        """
+        self.backbone.eval()
+        results: dict[int, torch.Tensor] = {}
+        failures: list[tuple[str, str]] = []
+        bar = tqdm(total=len(regions), desc=desc, unit="img", disable=not progress, dynamic_ncols=True)
+        for batch_idx, loaded in self._batches(regions):
+            todo = []
+            for i, (key, prep, err) in zip(batch_idx, loaded):
+                if err is not None:
+                    failures.append((regions[i].id, err))
+                elif prep is None:
+                    results[i] = self.cache.get(key)  # type: ignore[union-attr]
+                else:
+                    todo.append((i, key, prep))
+            if todo:
+                with torch.inference_mode():
+                    feats = self.pooled(torch.stack([p.pixels for _, _, p in todo]),
+                                        torch.stack([p.cells for _, _, p in todo])).cpu()
+                for (i, key, _), f in zip(todo, feats):
+                    results[i] = f
+                    if self.cache is not None:
+                        self.cache.put(key, f)
+            bar.update(len(batch_idx))
+        bar.close()
+        if self.cache is not None:
+            self.cache.flush()
+        ok = sorted(results)
+        feats = torch.stack([results[i] for i in ok]) if ok else torch.empty(0, self.backbone.feature_dim)
+        if failures:
+            log.warning("%d of %d regions skipped (bad image or mask)", len(failures), len(regions))
+        return feats, ok, failures
+
+    def _batches(self, regions: Sequence[Region]) -> Iterator[tuple[list[int], list[tuple[str, Prepared | None, str | None]]]]:
+        chunks = [list(range(i, min(i + self.batch_size, len(regions)))) for i in range(0, len(regions), self.batch_size)]
+        if not self.prefetch or len(chunks) <= 1:
+            for idx in chunks:
+                yield idx, [self._load(regions[i]) for i in idx]
+            return
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="fmmc-load") as pool_:
+            nxt = pool_.submit(lambda idx: [self._load(regions[i]) for i in idx], chunks[0])
+            for k, idx in enumerate(chunks):
+                cur = nxt.result()
+                if k + 1 < len(chunks):
+                    nxt = pool_.submit(lambda idx: [self._load(regions[i]) for i in idx], chunks[k + 1])
+                yield idx, cur
+
+
+def _image_size(path: Any) -> tuple[int, int]:
+    """(width, height) of the upright image, read from the header only."""
+    with Image.open(path) as im:
+        size = im.size
+        try:
+            orientation = im.getexif().get(0x0112, 1)
+        except Exception:  # noqa: BLE001
+            orientation = 1
+    return (size[1], size[0]) if orientation in (5, 6, 7, 8) else size
+
+
+def region_key(region: Region) -> str:
+    """Content hash of the image bytes + mask bytes (or box): same pixels, same key, wherever the file is."""
+    h = hashlib.sha256(file_sha256(region.image).encode())
+    if region.mask is not None:
+        h.update(b"mask:" + file_sha256(region.mask).encode())
+        if region.extra.get("mask_threshold") is not None:
+            h.update(f"t{region.extra['mask_threshold']}".encode())
+    elif region.box is not None:
+        h.update(("box:" + ",".join(str(v) for v in region.box)).encode())
+    return h.hexdigest()
