@@ -46,7 +46,7 @@ def make_tiny_grounding_dino(directory: str | Path, seed: int = 0) -> Path:
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    vocab = _write_vocab(directory / "vocab.txt")
+    _write_vocab(directory / "vocab.txt")
     tokenizer = BertTokenizer.from_pretrained(str(directory), do_lower_case=True)  # reads vocab.txt
     backbone = SwinConfig(
         embed_dim=16, depths=[1, 1, 1, 1], num_heads=[1, 1, 2, 2], window_size=2, image_size=64,

@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-_MODULE_SPEC = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)+:[A-Za-z_][\w]*$")
+_MODULE_SPEC = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*$")
 
 
 @dataclass(frozen=True)
@@ -144,4 +144,16 @@ _declare(
      ("st:sentence-transformers/all-MiniLM-L6-v2",)),
     ("builtin", "fmmc.language.text_encoders:build_builtin_text",
      "embedded offline all-MiniLM-L6-v2 (384-d) installed from PyPI (fmmc[offline])", ("builtin:minilm",)),
+)
+_declare(
+    "grounder",
+    ("hf", "fmmc.grounding.grounder:build_hf_grounder",
+     "Grounding DINO (transformers zero-shot object detection): text -> boxes, by hub id or local dir",
+     ("hf:IDEA-Research/grounding-dino-base", "hf:IDEA-Research/grounding-dino-tiny", "hf:/path/to/local/grounding-dino")),
+)
+_declare(
+    "segmenter",
+    ("hf", "fmmc.grounding.segmenter:build_hf_segmenter",
+     "SAM (transformers SamModel): box/point prompts and automatic masks, by hub id or local dir",
+     ("hf:facebook/sam-vit-base", "hf:facebook/sam-vit-huge", "hf:/path/to/local/sam")),
 )

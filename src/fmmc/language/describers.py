@@ -12,6 +12,7 @@ it must be safe to call from several threads at once.
 from __future__ import annotations
 
 import logging
+import sqlite3
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -21,7 +22,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 from PIL import Image
 
-from fmmc.data.imageio import box_to_mask, file_sha256, load_image, load_mask
+from fmmc.data.imageio import ImageError, box_to_mask, file_sha256, load_image, load_mask
 from fmmc.data.records import Region
 from fmmc.language.cache import DescriptionCache, box_sha
 
@@ -29,6 +30,7 @@ log = logging.getLogger(__name__)
 
 JPEG_SUFFIXES = (".jpg", ".jpeg")
 JPEG_MASK_THRESHOLD = 128  # JPEG masks (FMD) are not exactly binary
+MAX_LOGGED_FAILURES = 5
 
 
 class DescriberError(RuntimeError):
@@ -131,6 +133,8 @@ def describe_regions(
         with sha_lock:
             if path in shas:
                 return shas[path]
+        if not path.is_file():
+            raise ImageError(path, "file not found", "check the path")
         value = file_sha256(path)
         with sha_lock:
             shas[path] = value
@@ -147,14 +151,21 @@ def describe_regions(
                 keys = (image_sha, sha(region.mask))
             else:
                 keys = (image_sha, box_sha(region.box) if region.box is not None else "")
-            hit = cache.get(*keys, describer.spec, describer.prompt_version)
+            try:
+                hit = cache.get(*keys, describer.spec, describer.prompt_version)
+            except sqlite3.Error as e:  # a locked or broken cache must not cost a description
+                log.warning("description cache %s: read failed (%s); describing again", cache.path, e)
+                hit = None
             if hit is not None:
                 return hit
         img, mask = load_region(region)
         text = describer.describe(img, mask, region)
         if keys is not None:
             assert cache is not None
-            cache.put(*keys, describer.spec, describer.prompt_version, text)
+            try:
+                cache.put(*keys, describer.spec, describer.prompt_version, text)
+            except sqlite3.Error as e:
+                log.warning("description cache %s: write failed (%s); region %r not cached", cache.path, e, region.id)
         return text
 
     out: list[str | None] = [None] * len(regions)
@@ -166,7 +177,9 @@ def describe_regions(
         except Exception as e:  # noqa: BLE001 - one bad region must not stop a dataset
             message = f"{type(e).__name__}: {e}"
             failed.append((i, message))
-            log.warning("cannot describe region %r: %s", regions[i].id, message)
+            # the first few failures are worth seeing; a dead endpoint must not print one line per region
+            level = logging.WARNING if len(failed) <= MAX_LOGGED_FAILURES else logging.DEBUG
+            log.log(level, "cannot describe region %r: %s", regions[i].id, message)
 
     bar = tqdm(total=len(regions), desc=f"describe ({describer.spec})", disable=not progress, unit="region")
     try:
@@ -175,11 +188,14 @@ def describe_regions(
                 record(i, lambda r=region: one(r))
                 bar.update(1)
         else:
-            with ThreadPoolExecutor(max_workers=workers) as pool:
+            pool = ThreadPoolExecutor(max_workers=workers)
+            try:
                 futures = {pool.submit(one, region): i for i, region in enumerate(regions)}
                 for fut in as_completed(futures):
                     record(futures[fut], fut.result)
                     bar.update(1)
+            finally:  # on Ctrl-C, drop the queued regions instead of describing them all first
+                pool.shutdown(wait=True, cancel_futures=True)
     finally:
         bar.close()
     failures = [(regions[i].id, message) for i, message in sorted(failed)]

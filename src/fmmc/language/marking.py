@@ -81,7 +81,7 @@ def mark_region(
     """The images a VLM is shown for a region (RGB, at most ``max_side`` pixels on the long side).
 
     ``mask=None`` (whole image) gives the image alone. ``line_width`` defaults to 0.6% of the long side
-    (at least 3 px) of the resized image.
+    (at least 4 px) of the resized image.
     """
     if marking not in MARKINGS:
         raise ValueError(f"unknown marking {marking!r}; use one of {', '.join(MARKINGS)}")
@@ -104,7 +104,7 @@ def mark_region(
                 ys, xs = np.nonzero(mask)
                 small_mask = np.zeros((small.height, small.width), dtype=bool)
                 small_mask[int(ys.mean() * small.height / image.height), int(xs.mean() * small.width / image.width)] = True
-        width = line_width or max(3, round(0.006 * max(small.size)))
+        width = line_width or max(4, round(0.006 * max(small.size)))
         arr = np.array(small)
         arr[outline(small_mask, width)] = OUTLINE_RGB
         out.append(Image.fromarray(arr))
