@@ -124,7 +124,7 @@ class FeatureExtractor:
     def _load(self, region: Region) -> tuple[str, Prepared | None, str | None]:
         """(cache key, prepared inputs or None if cached, error message)."""
         try:
-            key = region_key(region)
+            key = region_key(region) if self.cache is not None else ""
             if self.cache is not None and key in self.cache:
                 return key, None, None
             draft = (self.pre.image_size[1], self.pre.image_size[0])
