@@ -4,13 +4,18 @@ Each function writes a complete model directory (config, weights, processor, tok
 through the real code path (``hf:<dir>`` spec -> registry -> ``fmmc.hub.load_pretrained``). Weights are
 random, so outputs are meaningless but shapes, dtypes and plumbing are real. Reuse them from any test::
 
-    from fixtures_models import make_tiny_grounding_dino, make_tiny_sam
+    from fixtures_models import shared_tiny_model
 
     @pytest.fixture(scope="session")
     def tiny_sam_dir(tmp_path_factory):
-        return make_tiny_sam(tmp_path_factory.mktemp("sam"))
+        return shared_tiny_model("sam", tmp_path_factory)   # built once per session, shared by all files
 
-Each call takes about a second on CPU; build them once per session.
+    build("segmenter", f"hf:{tiny_sam_dir}")   # or "grounding_dino" -> build("grounder", ...)
+
+``make_tiny_grounding_dino(dir)`` / ``make_tiny_sam(dir)`` write a fresh copy (about 1-3 s on CPU).
+The Grounding DINO tokenizer is a character-level WordPiece vocab.txt, so any lowercase text tokenizes.
+The SAM has a 64 px input and 16 px low-res masks; the real processor path (resize, pad, post-process)
+is unchanged.
 """
 
 from __future__ import annotations
@@ -105,3 +110,19 @@ def make_tiny_sam(directory: str | Path, seed: int = 0) -> Path:
     model.save_pretrained(directory)
     processor.save_pretrained(directory)
     return directory
+
+
+_MAKERS = {"grounding_dino": make_tiny_grounding_dino, "sam": make_tiny_sam}
+_BUILT: dict[str, Path] = {}
+
+
+def shared_tiny_model(kind: str, tmp_path_factory) -> Path:  # noqa: ANN001 - pytest.TempPathFactory
+    """Build ``kind`` ("grounding_dino" or "sam") once per test session, whichever test file asks first.
+
+        @pytest.fixture(scope="session")
+        def tiny_sam_dir(tmp_path_factory):
+            return shared_tiny_model("sam", tmp_path_factory)
+    """
+    if kind not in _BUILT:
+        _BUILT[kind] = _MAKERS[kind](tmp_path_factory.mktemp(f"tiny_{kind}"))
+    return _BUILT[kind]

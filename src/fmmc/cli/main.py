@@ -16,6 +16,7 @@ import sys
 COMMANDS = [
     "demo_cmd",
     "train_cmd",
+    "features_cmd",
     "predict_cmd",
     "validate_cmd",
     "list_cmd",

@@ -41,6 +41,7 @@ ENGINE_FILE = "engine.json"
 class Engine(Protocol):
     spec: str
     name: str  # "local" | "ray"
+    last_stats: dict[str, float]  # items, seconds, items_per_s of the last map_stage
 
     def map_stage(
         self,
@@ -58,6 +59,8 @@ class Engine(Protocol):
 
     def describe(self, *, batch_size: int = 8, concurrency: int | None = None, num_gpus: float | None = None,
                  num_cpus: float | None = None) -> dict[str, Any]: ...
+
+    def close(self) -> None: ...
 
 
 def get_engine(spec: str = "local", **settings: Any) -> Engine:

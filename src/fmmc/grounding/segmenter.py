@@ -158,15 +158,24 @@ class Segmenter:
         if len(logits) == 0:
             return []
         scores, stab = torch.cat(cand_scores), torch.cat(cand_stab)
-        keep_idx = _dedup(logits > 0, scores, dedup_iou)
-        results = []
+        keep_idx = _dedup(logits > 0, scores, dedup_iou)  # cheap pass at low resolution
+        results: list[MaskResult] = []
+        kept = torch.zeros((len(keep_idx), h * w), dtype=torch.bool)  # exact pass at full resolution
+        kept_area = torch.zeros(len(keep_idx))
         for start in range(0, len(keep_idx), _UPSCALE_CHUNK):
             idx = keep_idx[start:start + _UPSCALE_CHUNK]
-            full = self._upscale(emb, logits[idx], cropped=True)
+            full = self._upscale(emb, logits[idx], cropped=True) > 0
             for j, i in enumerate(idx.tolist()):
-                mask = (full[j] > 0).numpy()
-                if mask.sum() >= max(1.0, min_area_frac * mask.size):
-                    results.append(MaskResult(mask=mask, score=float(scores[i]), stability=float(stab[i])))
+                flat = full[j].flatten()
+                area = float(flat.sum())
+                if area < max(1.0, min_area_frac * h * w):
+                    continue
+                n = len(results)
+                inter = (kept[:n] & flat).sum(1).float()
+                if n and bool((inter / (kept_area[:n] + area - inter) > dedup_iou).any()):
+                    continue
+                kept[n], kept_area[n] = flat, area
+                results.append(MaskResult(mask=full[j].numpy(), score=float(scores[i]), stability=float(stab[i])))
         results.sort(key=lambda r: -r.area)
         return results[:max_masks] if max_masks else results
 
@@ -228,20 +237,23 @@ def _stability(logits: Any, offset: float = 1.0, threshold: float = 0.0) -> Any:
 
 
 def _dedup(masks: Any, scores: Any, iou_threshold: float, work_size: int = 64) -> Any:
-    """Greedy NMS on mask IoU at ``work_size`` resolution; indices kept, best score first."""
+    """Greedy NMS on mask IoU at no more than ``work_size`` pixels a side; indices kept, best score first."""
     import torch
     import torch.nn.functional as F
 
-    small = F.adaptive_max_pool2d(masks[:, None].float(), (work_size, work_size))[:, 0].flatten(1)  # [N, S]
+    x = masks[:, None].float()
+    if max(x.shape[-2:]) > work_size:
+        h, w = x.shape[-2:]
+        s = work_size / max(h, w)
+        x = (F.interpolate(x, (max(1, round(h * s)), max(1, round(w * s))), mode="area") > 0.5).float()
+    small = x[:, 0].flatten(1)  # [N, S]
     areas = small.sum(1)
-    order = scores.argsort(descending=True)
     kept: list[int] = []
-    for i in order.tolist():
+    for i in scores.argsort(descending=True).tolist():
         if kept:
             k = torch.tensor(kept)
             inter = small[k] @ small[i]
-            iou = inter / (areas[k] + areas[i] - inter).clamp(min=1)
-            if bool((iou > iou_threshold).any()):
+            if bool((inter / (areas[k] + areas[i] - inter).clamp(min=1) > iou_threshold).any()):
                 continue
         kept.append(i)
     return torch.tensor(kept, dtype=torch.long)

@@ -13,6 +13,20 @@ rejected with a reason instead of labelled wrongly.
 
 Models load once in ``Labeler.__init__`` (so one Ray actor holds one copy); ``__call__`` takes a batch.
 The accept/reject rules are the pure function :func:`decide`, testable without models.
+
+Item contract. In: ``{"id", "image" (path relative to root), "object", "material", "submaterial",
+"label", "prompt", "seed", "model_id", ...}``; only ``image`` and ``object`` are read. Out: the same
+dict (every input key kept) plus
+
+- ``status``: ``"ok"`` | ``"rejected"`` (a final, data-level verdict) | ``"failed"`` (an error; rerun it)
+- ``reason``: None when ok; one of :data:`REJECT_REASONS` or ``"unreadable image: <problem>"`` when
+  rejected; ``"<bad item|grounding error|segmentation error>: <Exception>: <message>"`` when failed
+- ``mask``: ``"masks/<id>.png"`` relative to root (single channel, 0/255, the image's size, written
+  atomically) when ok, else None (unless ``save_rejected_masks``)
+- ``box``: ``[x0, y0, x1, y1]`` int pixels of the best box; ``det_score``, ``mask_score``,
+  ``area_frac`` (mask area / image area) floats; ``n_detections`` int (boxes above ``box_threshold``);
+  each None where that stage was not reached
+- ``grounder``, ``segmenter``: the specs of the models used
 """
 
 from __future__ import annotations
@@ -36,9 +50,9 @@ log = logging.getLogger(__name__)
 
 OK, REJECTED, FAILED = "ok", "rejected", "failed"
 STATUSES = (OK, REJECTED, FAILED)
-REASONS = (
+REJECT_REASONS = (  # plus "unreadable image: <problem>"; failed items say "<stage> error: <exception>"
     "object not found", "low detection score", "several instances", "low mask score", "mask too small",
-    "mask too large", "all-black image", "unreadable image: ...",
+    "mask too large", "all-black image",
 )
 OUTPUT_KEYS = ("status", "reason", "mask", "box", "det_score", "mask_score", "area_frac", "n_detections",
                "grounder", "segmenter")
@@ -157,6 +171,9 @@ def mask_relpath(item: dict[str, Any]) -> str:
 
 def write_mask(mask: np.ndarray, path: Path) -> None:
     """Single-channel PNG, 0 background / 255 region, written atomically (temp file + rename)."""
+    mask = np.asarray(mask, dtype=bool)
+    if mask.ndim != 2:
+        raise ValueError(f"mask for {path} must be a 2-D [H, W] array, got shape {mask.shape}")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     Image.fromarray(np.where(mask, 255, 0).astype(np.uint8), mode="L").save(tmp, format="PNG")
@@ -259,7 +276,7 @@ class Labeler:
                 result["area_frac"] = round(chosen.mask.area / float(image.width * image.height), 4)
                 if status == OK or self.cfg.save_rejected_masks:
                     rel = mask_relpath(item)
-                    write_mask(chosen.mask, self.root / rel)
+                    write_mask(chosen.mask.mask, self.root / rel)
                     result["mask"] = rel
         self._finish(result, status, reason)
 

@@ -101,16 +101,19 @@ class VerdictStore:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self._tx() as conn:
+        conn = sqlite3.connect(self.path, timeout=30)
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")  # readers never block the writer
             conn.executescript(_SCHEMA)
+        finally:
+            conn.close()
 
     @contextlib.contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        # one connection per call: safe from any server thread; IMMEDIATE serialises writers
+    def _tx(self, write: bool = False) -> Iterator[sqlite3.Connection]:
+        # one connection per call: safe from any server thread; IMMEDIATE serialises read-modify-write
         conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
         try:
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("BEGIN IMMEDIATE")
+            conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
             try:
                 yield conn
             except BaseException:
@@ -124,7 +127,7 @@ class VerdictStore:
         if verdict not in VERDICTS:
             raise ValueError(f"verdict must be one of {VERDICTS}, got {verdict!r}")
         now = _now()
-        with self._tx() as conn:
+        with self._tx(write=True) as conn:
             row = conn.execute("SELECT verdict FROM verdicts WHERE region_id = ?", (region.id,)).fetchone()
             conn.execute(
                 "INSERT INTO verdicts (region_id, verdict, label, image, mask, updated_at) VALUES (?, ?, ?, ?, ?, ?) "
@@ -137,7 +140,7 @@ class VerdictStore:
 
     def undo(self) -> tuple[str, str | None] | None:
         """Revert the last verdict still in force: ``(region_id, restored verdict or None)``, or None."""
-        with self._tx() as conn:
+        with self._tx(write=True) as conn:
             ev = conn.execute("SELECT seq, region_id, previous FROM events WHERE undone = 0 "
                               "ORDER BY seq DESC LIMIT 1").fetchone()
             if ev is None:
@@ -193,9 +196,9 @@ def sample_regions(regions: list[Region], n: int | None, seed: int) -> list[Regi
 
 
 def render_region(region: Region, overlay: bool = True, max_side: int = DISPLAY_MAX_SIDE) -> bytes:
-    """PNG of the region's image, downscaled to ``max_side``, mask outlined and its outside darkened."""
+    """PNG of the region's image scaled to ``max_side`` (at most 4x up), mask outlined, outside darkened."""
     image = load_image(region.image)
-    scale = min(1.0, max_side / max(image.size))
+    scale = min(4.0, max_side / max(image.size))
     size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
     if size != image.size:
         image = image.resize(size, Image.Resampling.LANCZOS)
@@ -231,10 +234,9 @@ def _outline(image: Image.Image, mask: Image.Image) -> Image.Image:
 # ---- the web app --------------------------------------------------------------------------------------
 def build_app(dataset: str | Path, db: str | Path | None = None, sample: int | None = 200, seed: int = 0) -> Any:
     """The review FastAPI app for ``dataset`` (a folder with metadata.jsonl); verdicts go to ``db``."""
-    from fastapi import FastAPI, HTTPException
+    from fastapi import Body, FastAPI, HTTPException
     from fastapi.responses import HTMLResponse, Response
     from fastapi.staticfiles import StaticFiles
-    from pydantic import BaseModel
 
     root = Path(dataset)
     regions = sample_regions(load_dataset(root), sample, seed)
@@ -246,10 +248,6 @@ def build_app(dataset: str | Path, db: str | Path | None = None, sample: int | N
     static = STATIC_DIR
     app = FastAPI(title="fmmc label review", docs_url=None, redoc_url=None)
     app.state.store, app.state.regions = store, regions
-
-    class VerdictIn(BaseModel):
-        id: str
-        verdict: str
 
     def region_at(index: int) -> Region:
         if not 0 <= index < len(regions):
@@ -287,12 +285,13 @@ def build_app(dataset: str | Path, db: str | Path | None = None, sample: int | N
         return Response(png, media_type="image/png", headers={"Cache-Control": "max-age=3600"})
 
     @app.post("/api/verdict")
-    def verdict(body: VerdictIn) -> dict[str, Any]:
-        if body.id not in by_id:
-            raise HTTPException(404, f"region {body.id!r} is not in this review sample")
-        if body.verdict not in VERDICTS:
-            raise HTTPException(422, f"verdict must be one of {list(VERDICTS)}")
-        store.set(regions[by_id[body.id]], body.verdict, root=base)
+    def verdict(body: dict[str, Any] = Body(...)) -> dict[str, Any]:  # noqa: B008 - FastAPI's idiom
+        region_id, value = body.get("id"), body.get("verdict")
+        if not isinstance(region_id, str) or region_id not in by_id:
+            raise HTTPException(404, f"region {region_id!r} is not in this review sample")
+        if value not in VERDICTS:
+            raise HTTPException(422, f"verdict must be one of {list(VERDICTS)}, got {value!r}")
+        store.set(regions[by_id[region_id]], value, root=base)
         return {"ok": True, "stats": stats()}
 
     @app.post("/api/undo")
@@ -325,7 +324,7 @@ def add_review_parser(subparsers: argparse._SubParsersAction) -> argparse.Argume
     p = subparsers.add_parser(
         "review", help="review a sample of auto-labelled regions in the browser; report label accuracy",
         description="Serve a page to accept/reject a seeded random sample of regions (keys: a accept, r reject, "
-                    "s or right arrow skip, u undo), store verdicts in SQLite, report accuracy with a Wilson 95%% CI.",
+                    "s or right arrow skip, u undo), store verdicts in SQLite, report accuracy with a Wilson 95% CI.",
     )
     p.add_argument("dataset", type=Path, help="dataset folder with metadata.jsonl")
     p.add_argument("--sample", type=int, default=200, help="regions to sample (0 = all; default 200)")

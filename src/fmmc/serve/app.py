@@ -1,0 +1,309 @@
+"""The HTTP service: ``create_app(model_or_path, settings)`` -> a FastAPI app (run it with uvicorn).
+
+    >>> from fmmc.serve import ServeSettings, create_app
+    >>> app = create_app("runs/demo/model", ServeSettings(token="s3cret"))     # doctest: +SKIP
+    >>> import uvicorn; uvicorn.run(app, host="127.0.0.1", port=8000)          # doctest: +SKIP
+
+Endpoints (multipart/form-data in, JSON out; the schema is served at ``/openapi.json``, docs at ``/docs``):
+
+* ``POST /v1/classify``: ``image`` + optional ``mask`` file | ``point=x,y`` | ``box=x0,y0,x1,y1`` (``refine=true``
+  asks SAM for the object in the box) | ``object=name``; ``description``, ``top_k``, ``classes``,
+  ``mask_format=none|png|rle``.
+* ``POST /v1/segment``: ``image``, ``mode=sam|grid`` -> regions, overlay PNG, label map PNG.
+* ``GET /v1/model``, ``GET /healthz``, and the web page at ``/``.
+
+Every error is ``{"error": {"code", "message"}}``; see ``docs/serving.md`` for the status codes.
+"""
+
+import base64
+import hmac
+import io
+import logging
+import time
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from fastapi import Depends, FastAPI, File, Form, UploadFile
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import FileResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.staticfiles import StaticFiles
+from PIL import Image
+
+from fmmc.serve.errors import ApiError, install_handlers
+from fmmc.serve.middleware import GuardMiddleware
+from fmmc.serve.runtime import ClassifyItem, Runtime
+from fmmc.serve.schemas import ClassifyResponse, ErrorResponse, Health, ModelInfo, SegmentResponse
+from fmmc.serve.settings import ServeSettings
+
+log = logging.getLogger(__name__)
+
+STATIC = Path(__file__).parent / "static"
+IMAGE_TYPES = {"image/jpeg", "image/png", "image/webp", "image/bmp", "image/x-ms-bmp", "image/tiff", "image/gif"}
+GENERIC_TYPES = {"", "application/octet-stream"}  # no type given: the decoder decides
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    s: {"model": ErrorResponse, "description": d} for s, d in {
+        400: "malformed image or mask", 401: "missing or wrong bearer token", 404: "object not found",
+        413: "upload or image too large", 415: "not multipart/form-data, or not an image",
+        422: "invalid field or prompt (point outside the image, zero-area box)", 503: "busy or component unavailable",
+        504: "timed out"}.items()}
+
+
+def _floats(text: str, n: int, name: str, fmt: str) -> tuple[float, ...]:
+    try:
+        vals = tuple(float(v) for v in text.replace(" ", "").split(","))
+    except ValueError:
+        vals = ()
+    if len(vals) != n:
+        raise ApiError(422, "bad_prompt", f"{name} {text!r}: expected {fmt} ({n} comma-separated numbers)")
+    return vals
+
+
+def _check_type(upload: UploadFile, field: str) -> None:
+    ctype = (upload.content_type or "").split(";")[0].strip().lower()
+    if ctype not in IMAGE_TYPES | GENERIC_TYPES:
+        raise ApiError(415, "unsupported_media_type",
+                       f"{field} {upload.filename or ''!r} has type {ctype!r}; send a JPEG, PNG, WebP, BMP, TIFF or GIF")
+
+
+def decode_image(data: bytes, name: str, max_pixels: int) -> Image.Image:
+    """Upload bytes -> RGB image; 413 over ``max_pixels`` (checked from the header), 400 if unreadable."""
+    from fmmc.data.imageio import load_image
+
+    if not data:
+        raise ApiError(400, "bad_image", f"{name}: empty upload (0 bytes); send the image file's bytes")
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            w, h = im.size
+    except Image.DecompressionBombError as e:
+        raise ApiError(413, "image_too_large", f"{name}: {e}") from e
+    except Exception:  # noqa: BLE001 - unreadable: load_image below says why, as a 400
+        w = h = 0
+    if w * h > max_pixels:
+        raise ApiError(413, "image_too_large", f"{name}: image is {w}x{h} = {w * h:,} pixels, over the limit of "
+                                               f"{max_pixels:,}; downscale it")
+    return load_image(data, name=name, max_pixels=max_pixels)
+
+
+def _mask_json(mask: Any, fmt: str) -> dict[str, Any] | None:
+    from fmmc.regions import mask_rle, mask_summary
+
+    if mask is None:
+        return None
+    out = mask_summary(mask)
+    if fmt == "png":
+        buf = io.BytesIO()
+        Image.fromarray(mask.astype(bool)).save(buf, format="PNG")
+        out["png_base64"] = base64.b64encode(buf.getvalue()).decode("ascii")
+    elif fmt == "rle":
+        out["rle"] = mask_rle(mask)
+    return out
+
+
+def _load(model_or_path: Any, settings: ServeSettings) -> tuple[Any, str]:
+    if isinstance(model_or_path, (str, Path)):
+        from fmmc.model import MaterialClassifier
+
+        return MaterialClassifier.from_pretrained(model_or_path, **settings.model_overrides), str(model_or_path)
+    for key, value in settings.model_overrides.items():
+        model_or_path.config[key] = value
+    return model_or_path, str(model_or_path.config.get("name", type(model_or_path).__name__))
+
+
+def create_app(model_or_path: Any, settings: ServeSettings | None = None, name: str | None = None) -> FastAPI:
+    """The FastAPI app serving one model (a ``MaterialClassifier`` or a path/hub id to load)."""
+    from fmmc import __version__
+    from fmmc.regions import component_spec, resolve_prompt
+
+    settings = settings or ServeSettings()
+    model, default_name = _load(model_or_path, settings)
+    model_name = name or default_name
+    runtime = Runtime(model, settings)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI):  # type: ignore[no-untyped-def]
+        import asyncio
+
+        await asyncio.to_thread(runtime.warm_up)
+        yield
+        runtime.close()
+
+    app = FastAPI(title="fmmc material classification", version=__version__, lifespan=lifespan,
+                  description="Classify the material of a region of a photo, or map every pixel. "
+                              "Errors are always {\"error\": {\"code\", \"message\"}}.")
+    app.state.runtime = runtime
+    app.state.settings = settings
+    install_handlers(app)
+    if settings.cors_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=list(settings.cors_origins), allow_methods=["GET", "POST"],
+                           allow_headers=["Authorization", "Content-Type"])
+    app.add_middleware(GuardMiddleware, max_body=settings.max_upload_bytes)
+
+    bearer = HTTPBearer(auto_error=False, description="required when the server was started with --token")
+
+    async def require_token(cred: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> None:
+        if settings.token is None:
+            return
+        if cred is None or not hmac.compare_digest(cred.credentials.encode(), settings.token.encode()):
+            raise ApiError(401, "unauthorized", "missing or wrong bearer token: send 'Authorization: Bearer <token>'",
+                           {"WWW-Authenticate": "Bearer"})
+
+    auth = [Depends(require_token)]
+
+    def class_indices(classes: str | None) -> list[int] | None:
+        if not classes:
+            return None
+        names = [c.strip() for c in classes.split(",") if c.strip()]
+        try:
+            return model._classes(names)
+        except ValueError as e:
+            raise ApiError(422, "invalid_request", f"classes: {e}") from e
+
+    # ----- classify -----
+    @app.post("/v1/classify", response_model=ClassifyResponse, dependencies=auth, responses=_ERRORS,
+              summary="Classify the material of a region (mask, point, box, object name) or the whole image")
+    async def classify(
+        image: Annotated[UploadFile, File(description="the photo (JPEG, PNG, WebP, ...)")],
+        mask: Annotated[UploadFile | None, File(description="binary mask PNG, same size as the image")] = None,
+        point: Annotated[str | None, Form(description="x,y in image pixels: SAM segments the object there")] = None,
+        box: Annotated[str | None, Form(description="x0,y0,x1,y1 in image pixels")] = None,
+        refine: Annotated[bool, Form(description="segment the object inside the box with SAM")] = False,
+        object_: Annotated[str | None, Form(alias="object", max_length=200,
+                                            description="object name: Grounding DINO finds it, SAM segments it")] = None,
+        box_threshold: Annotated[float | None, Form(ge=0, le=1, description="grounder score threshold")] = None,
+        description: Annotated[str | None, Form(max_length=2000, description="appearance text (language stream)")] = None,
+        top_k: Annotated[int, Form(ge=1, le=1000)] = 5,
+        classes: Annotated[str | None, Form(description="comma-separated subset of the taxonomy")] = None,
+        mask_format: Annotated[Literal["none", "png", "rle"], Form(description="include the mask itself")] = "none",
+    ) -> dict[str, Any]:
+        t0 = time.perf_counter()
+        _check_type(image, "image")
+        if mask is not None:
+            _check_type(mask, "mask")
+        prompts: dict[str, Any] = {}
+        if point:
+            prompts["point"] = _floats(point, 2, "point", "x,y")
+        if box:
+            prompts["box"] = _floats(box, 4, "box", "x0,y0,x1,y1")
+            prompts["refine"] = refine
+        if object_ is not None:
+            prompts["object"] = object_
+            prompts["refine"] = True
+            prompts["box_threshold"] = settings.box_threshold if box_threshold is None else box_threshold
+            prompts["text_threshold"] = settings.text_threshold
+        if mask is not None and prompts:
+            raise ApiError(422, "bad_prompt", "give one region: a mask file, or point/box, or object, not several")
+        idx = class_indices(classes)
+        data = await image.read()
+        mask_data = await mask.read() if mask is not None else None
+        image_name = image.filename or "image"
+        mask_name = (mask.filename or "mask") if mask is not None else "mask"
+
+        def work() -> tuple[Any, Any, dict[str, Any], str | None]:
+            from fmmc.data.imageio import load_mask
+
+            img = decode_image(data, image_name, settings.max_pixels)
+            region: dict[str, Any] = {"source": "image"}
+            m = None
+            if mask_data is not None:
+                m = load_mask(mask_data, size=img.size, name=mask_name, max_pixels=settings.max_pixels)
+                region = {"source": "mask"}
+            elif prompts:
+                rp = resolve_prompt(model, img, **prompts)
+                m, region = rp.mask, rp.to_json()
+            desc = description
+            enc = model.encoder
+            if enc.text_encoder is not None and desc is None:
+                if enc.describer is None:
+                    raise ValueError("this model's language stream needs a description: send description=...")
+                desc = enc.describer.describe(img, m, None)
+            used = None if model.config.get("null_mask") else m
+            probs = runtime.classify_sync(ClassifyItem(img, used, desc, idx))
+            return probs, m, region, desc
+
+        probs, m, region, desc = await runtime.run(work)
+        order = probs.argsort()[::-1][:top_k]
+        names = model.labels
+        best = int(order[0])
+        return {"label": names[best], "confidence": float(probs[best]),
+                "top": [{"label": names[i], "prob": float(probs[i])} for i in order],
+                "mask": _mask_json(m, mask_format), "region": region,
+                "description": desc if enc_has_text(model) else None,
+                "timing_ms": round((time.perf_counter() - t0) * 1000, 2)}
+
+    # ----- segment -----
+    @app.post("/v1/segment", response_model=SegmentResponse, dependencies=auth, responses=_ERRORS,
+              summary="Material map of the whole image: regions, overlay PNG, label map PNG")
+    async def segment(
+        image: Annotated[UploadFile, File(description="the photo")],
+        mode: Annotated[Literal["sam", "grid"] | None, Form(description="sam: SAM regions; grid: patch grid")] = None,
+        points_per_side: Annotated[int | None, Form(ge=1, description="SAM point grid (sam mode)")] = None,
+        description: Annotated[str | None, Form(max_length=2000)] = None,
+        top_k: Annotated[int, Form(ge=1, le=1000)] = 5,
+        classes: Annotated[str | None, Form()] = None,
+        legend: Annotated[bool, Form(description="draw the legend into the overlay")] = True,
+        alpha: Annotated[float, Form(ge=0, le=1, description="colour opacity in the overlay")] = 0.5,
+    ) -> dict[str, Any]:
+        from fmmc.maps.render import png_base64
+
+        t0 = time.perf_counter()
+        _check_type(image, "image")
+        pps = points_per_side or settings.points_per_side
+        if pps > settings.max_points_per_side:
+            raise ApiError(422, "invalid_request", f"points_per_side={pps} is over this server's limit of "
+                                                   f"{settings.max_points_per_side}")
+        idx = class_indices(classes)
+        data = await image.read()
+        image_name = image.filename or "image"
+        chosen = mode or settings.segment_mode
+
+        def work() -> dict[str, Any]:
+            img = decode_image(data, image_name, settings.max_pixels)
+            mmap = model.segment(img, mode=chosen, classes=[model.labels[i] for i in idx] if idx else None,
+                                 description=description, points_per_side=pps,
+                                 pred_iou_thresh=settings.pred_iou_thresh, stability_thresh=settings.stability_thresh)
+            out = mmap.to_json(top_k)
+            out["overlay_png_base64"] = png_base64(mmap.overlay(img, alpha=alpha, legend=legend))
+            out["label_map_png_base64"] = png_base64(mmap.labels)
+            out["confidence_png_base64"] = png_base64(mmap.confidence_image())
+            return out
+
+        out = await runtime.run(work)
+        out["timing_ms"] = round((time.perf_counter() - t0) * 1000, 2)
+        return out
+
+    # ----- info -----
+    @app.get("/v1/model", response_model=ModelInfo, dependencies=auth, responses=_ERRORS,
+             summary="The taxonomy (with colours), component specs, limits and config")
+    async def model_info() -> dict[str, Any]:
+        tax = model.taxonomy
+        classes = [{"index": i, "name": n, "description": tax.descriptions[i] if i < len(tax.descriptions) else n,
+                    "color": "#%02x%02x%02x" % tax.color(i)} for i, n in enumerate(tax.names)]
+        c = model.config
+        modes = ["sam"] + (["grid"] if c.get("streams") == "vision" or c.get("describer") == "none" else [])
+        return {"name": model_name, "fmmc_version": str(c.get("fmmc_version", __version__)),
+                "streams": str(c.get("streams")), "taxonomy": {"name": tax.name, "classes": classes},
+                "components": {"backbone": c.get("backbone"), "text_encoder": c.get("text_encoder"),
+                               "describer": c.get("describer"), "segmenter": component_spec(model, "segmenter"),
+                               "grounder": component_spec(model, "grounder")},
+                "segment_modes": modes, "limits": settings.public(),
+                "config": {k: v for k, v in c.items() if k != "taxonomy"}}
+
+    @app.get("/healthz", response_model=Health, summary="Liveness: the process is up and the model loaded")
+    async def healthz() -> dict[str, Any]:
+        return {"status": "ok", "in_flight": runtime.in_flight}
+
+    # ----- the web page -----
+    @app.get("/", include_in_schema=False)
+    async def index() -> FileResponse:
+        return FileResponse(STATIC / "index.html", media_type="text/html")
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    log.info("app ready for model %s (token %s, CORS %s)", model_name, "on" if settings.token else "off",
+             ",".join(settings.cors_origins) or "off")
+    return app
+
+
+def enc_has_text(model: Any) -> bool:
+    return model.config.get("streams") in ("both", "language")

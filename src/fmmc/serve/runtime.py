@@ -1,0 +1,194 @@
+"""Running a shared model for many concurrent requests: admission, a worker pool, micro-batching, timeouts.
+
+    runtime = Runtime(model, settings)
+    probs = await runtime.run(runtime.classify_sync, image, mask, description, classes)
+
+* Admission: at most ``max_concurrency`` requests work at once and ``max_queue`` wait; any more are
+  refused at once with 503 "busy" (a client retries later) instead of piling up.
+* Work (image decoding, SAM, grounding, descriptions) runs in a thread pool, off the event loop.
+* Micro-batching: classifier forwards from concurrent requests that arrive within ``batch_window_ms`` of
+  each other run as one batch on one thread (one forward at a time: no CPU over-subscription, better
+  throughput). A failed batch is retried item by item so one bad request cannot fail its neighbours.
+* Each request has ``timeout`` seconds (504); work already started finishes in the background and
+  keeps its admission slot until then, so timeouts cannot overload the machine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import numpy as np
+import torch
+from PIL import Image
+
+from fmmc.serve.errors import ApiError, from_exception
+from fmmc.serve.settings import ServeSettings
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+@dataclass
+class ClassifyItem:
+    """One region to classify: the image, its mask (None = whole image) and the language-stream text."""
+
+    image: Image.Image
+    mask: np.ndarray | None
+    description: str | None
+    classes: list[int] | None
+
+
+class MicroBatcher:
+    """Collect items for up to ``window_s`` (or ``max_batch`` items) and run ``fn`` on them together."""
+
+    def __init__(self, fn: Callable[[list[Any]], list[Any]], max_batch: int, window_s: float) -> None:
+        self.fn = fn
+        self.max_batch = max_batch
+        self.window_s = window_s
+        self.batches = 0
+        self.items = 0
+        self._q: queue.Queue[tuple[Any, Future] | None] = queue.Queue()
+        self._thread = threading.Thread(target=self._loop, name="fmmc-batcher", daemon=True)
+        self._thread.start()
+
+    def submit(self, item: Any) -> Future:
+        fut: Future = Future()
+        self._q.put((item, fut))
+        return fut
+
+    def close(self) -> None:
+        self._q.put(None)
+        self._thread.join(timeout=5)
+
+    def _loop(self) -> None:
+        while True:
+            first = self._q.get()
+            if first is None:
+                return
+            batch = [first]
+            deadline = time.monotonic() + self.window_s
+            stop = False
+            while len(batch) < self.max_batch:
+                remaining = deadline - time.monotonic()
+                try:
+                    nxt = self._q.get(timeout=remaining) if remaining > 0 else self._q.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    stop = True
+                    break
+                batch.append(nxt)
+            self._run(batch)
+            if stop:
+                return
+
+    def _run(self, batch: list[tuple[Any, Future]]) -> None:
+        live = [(item, fut) for item, fut in batch if fut.set_running_or_notify_cancel()]
+        if not live:
+            return
+        self.batches += 1
+        self.items += len(live)
+        try:
+            results = self.fn([item for item, _ in live])
+        except Exception as e:  # noqa: BLE001 - retried one by one, so each request gets its own answer
+            if len(live) == 1:
+                live[0][1].set_exception(e)
+                return
+            for item, fut in live:
+                try:
+                    fut.set_result(self.fn([item])[0])
+                except Exception as e1:  # noqa: BLE001
+                    fut.set_exception(e1)
+            return
+        for (_, fut), res in zip(live, results):
+            fut.set_result(res)
+
+
+class Runtime:
+    """One loaded model shared by all requests (see the module docstring)."""
+
+    def __init__(self, model: Any, settings: ServeSettings) -> None:
+        self.model = model
+        self.settings = settings
+        self.pool = ThreadPoolExecutor(max_workers=settings.max_concurrency, thread_name_prefix="fmmc-serve")
+        self._slots = threading.BoundedSemaphore(settings.max_concurrency + settings.max_queue)
+        self._lock = threading.Lock()  # one classifier forward at a time when not micro-batching
+        self._in_flight = 0
+        self._count_lock = threading.Lock()
+        self.batcher = (MicroBatcher(self._forward, settings.max_batch, settings.batch_window_ms / 1000)
+                        if settings.max_batch > 1 else None)
+
+    # ----- lifecycle -----
+    def warm_up(self) -> None:
+        """Build the encoder (and, with ``preload``, the segmenter and grounder) before the first request."""
+        from fmmc.regions import get_component
+
+        t0 = time.time()
+        _ = self.model.encoder
+        if self.settings.preload:
+            for kind in ("segmenter", "grounder"):
+                get_component(self.model, kind)
+        log.info("model ready in %.1fs", time.time() - t0)
+
+    def close(self) -> None:
+        if self.batcher is not None:
+            self.batcher.close()
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+    @property
+    def in_flight(self) -> int:
+        return self._in_flight
+
+    # ----- admission + timeout -----
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run ``fn(*args)`` in the pool: 503 when full, 504 after ``settings.timeout`` seconds."""
+        if not self._slots.acquire(blocking=False):
+            raise ApiError(503, "busy", "the server is busy; retry in a moment", {"Retry-After": "1"})
+        with self._count_lock:
+            self._in_flight += 1
+        try:
+            fut = self.pool.submit(fn, *args)
+        except RuntimeError as e:  # pool shut down
+            self._release(None)
+            raise ApiError(503, "busy", "the server is shutting down") from e
+        fut.add_done_callback(self._release)
+        try:
+            return await asyncio.wait_for(asyncio.wrap_future(fut), self.settings.timeout)
+        except TimeoutError as e:
+            raise ApiError(504, "timeout", f"the request took longer than {self.settings.timeout:g}s") from e
+        except Exception as e:  # library errors -> their HTTP status (errors.from_exception)
+            raise from_exception(e) from e
+
+    def _release(self, _: Any) -> None:
+        with self._count_lock:
+            self._in_flight -= 1
+        self._slots.release()
+
+    # ----- classification -----
+    def classify_sync(self, item: ClassifyItem) -> np.ndarray:
+        """Class probabilities ``[K]`` for one region (blocks; call through :meth:`run`)."""
+        if self.batcher is not None:
+            return self.batcher.submit(item).result()
+        with self._lock:
+            return self._forward([item])[0]
+
+    def _forward(self, items: Sequence[ClassifyItem]) -> list[np.ndarray]:
+        model = self.model
+        enc = model.encoder
+        vis = txt = None
+        if enc.extractor is not None:
+            vis = enc.extractor.extract_arrays([(it.image, it.mask) for it in items])
+        if enc.text_encoder is not None:
+            with torch.inference_mode():
+                txt = enc.text_encoder.encode([it.description or "" for it in items])
+        with torch.inference_mode():
+            logits = model.head(vis, txt)
+            return [model.head.probs(logits[i:i + 1], it.classes)[0].float().cpu().numpy() for i, it in enumerate(items)]
