@@ -30,6 +30,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--out", help="output file for folders/datasets (.jsonl or .csv); default stdout JSONL")
     p.add_argument("--save-mask", help="write the region mask used (for --point/--object) to this PNG")
+    p.add_argument("--refine", action="store_true", help="with --box: segment the object inside the box with SAM")
+    p.add_argument("--box-threshold", type=float, help="with --object: grounder score threshold (default 0.35)")
+    p.add_argument("--segmenter", help="segmenter spec (default: the model's, else hf:facebook/sam-vit-base)")
+    p.add_argument("--grounder", help="grounder spec (default: the model's, else hf:IDEA-Research/grounding-dino-base)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
@@ -47,7 +51,8 @@ def _floats(text: str, n: int, name: str) -> tuple[float, ...]:
 def run(args: argparse.Namespace) -> int:
     from fmmc.model import MaterialClassifier
 
-    model = MaterialClassifier.from_pretrained(args.model)
+    overrides = {k: getattr(args, k) for k in ("segmenter", "grounder") if getattr(args, k, None)}
+    model = MaterialClassifier.from_pretrained(args.model, **overrides)
     classes = [c.strip() for c in args.classes.split(",")] if args.classes else None
     src = Path(args.input)
     if src.is_dir():
@@ -59,6 +64,12 @@ def run(args: argparse.Namespace) -> int:
         prompts["point"] = _floats(args.point, 2, "point")
     if args.object:
         prompts["object"] = args.object
+        if args.box_threshold is not None:
+            prompts["box_threshold"] = args.box_threshold
+    if args.refine:
+        if not args.box:
+            raise ValueError("--refine works with --box (SAM segments the object inside it)")
+        prompts["refine"] = True
     pred = model.predict(src, mask=args.mask, box=_floats(args.box, 4, "box") if args.box else None,
                          description=args.description, classes=classes, **prompts)
     if args.save_mask and pred.mask is not None:

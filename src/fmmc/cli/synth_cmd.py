@@ -67,8 +67,9 @@ def _add_review(stages: argparse._SubParsersAction) -> None:
     except ModuleNotFoundError as e:
         if e.name not in ("fmmc.synth.review", "fastapi"):
             raise
+        message = str(e)
         r = stages.add_parser("review", help="review a sample of auto-labelled regions (needs fmmc[serve])")
-        r.set_defaults(func=lambda args: _missing_review(e))
+        r.set_defaults(func=lambda args: _missing_review(message))
         return
     r = add_review_parser(stages)
     if r is not None and r.get_default("func") is None:
@@ -77,8 +78,9 @@ def _add_review(stages: argparse._SubParsersAction) -> None:
         r.set_defaults(func=run_review)
 
 
-def _missing_review(e: ModuleNotFoundError) -> int:
-    raise ImportError(f"`fmmc synth review` is not available: {e}; install the serve extra: pip install 'fmmc[serve]'")
+def _missing_review(message: str) -> int:
+    raise ImportError(f"`fmmc synth review` is not available: {message}; install the serve extra: "
+                      "pip install 'fmmc[serve]'")
 
 
 def _load(args: argparse.Namespace) -> Any:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -44,9 +45,19 @@ log = logging.getLogger(__name__)
 
 
 class StageActor:
-    """Ray Data callable class: builds the stage once (in ``__init__``); each input row is one batch."""
+    """Ray Data callable class: builds the stage once (in ``__init__``); each input row is one batch.
 
-    def __init__(self, stage_factory: StageFactory, max_retries: int) -> None:
+    The actor first moves to the driver's working directory when this node has it (a shared filesystem
+    mounted at the same path), so relative paths in items and stage settings mean what they mean on the
+    driver (``out=runs/synth``); elsewhere it stays put and only absolute paths work.
+    """
+
+    def __init__(self, stage_factory: StageFactory, max_retries: int, driver_cwd: str | None = None) -> None:
+        if driver_cwd and os.path.isdir(driver_cwd):
+            os.chdir(driver_cwd)
+        elif driver_cwd:
+            log.warning("the driver's folder %s is not on this node; relative paths will not resolve here "
+                        "(use absolute paths on a shared filesystem)", driver_cwd)
         self.stage = stage_factory()
         self.max_retries = max_retries
 
@@ -67,8 +78,8 @@ class RayEngine:
     name = "ray"
 
     def __init__(self, address: str | None = None, *, max_retries: int = 1, max_restarts: int = 3,
-                 max_task_retries: int = 3, num_cpus: int | None = None, runtime_env: dict[str, Any] | None = None,
-                 ray_progress: bool = False) -> None:
+                 max_task_retries: int = 3, isolation_passes: int = 3, num_cpus: int | None = None,
+                 runtime_env: dict[str, Any] | None = None, ray_progress: bool = False) -> None:
         """``address``: None = ``ray.init()`` (RAY_ADDRESS if set, else a new local instance with
         ``num_cpus`` CPUs); ``auto`` = the cluster this node belongs to; ``ray://host:10001``; ``host:6379``."""
         if max_retries < 0:
@@ -78,6 +89,7 @@ class RayEngine:
         self.max_retries = max_retries
         self.max_restarts = max_restarts
         self.max_task_retries = max_task_retries
+        self.isolation_passes = isolation_passes
         self.local_num_cpus = num_cpus
         self.runtime_env = runtime_env
         self.ray_progress = ray_progress
@@ -155,8 +167,9 @@ class RayEngine:
         """Run ``stage_factory()`` on a pool of Ray actors over ``items``; returns the items that failed.
 
         Batches lost with their actor (it died more often than ``max_restarts``/``max_task_retries``
-        allow) are run once more one item per batch, so a single item that crashes its worker costs only
-        itself; what is still lost is returned as failed.
+        allow) are run again one item per batch (up to ``isolation_passes`` times, while that makes
+        progress), so a single item that crashes its worker costs only itself; what is still lost is
+        returned as failed.
         """
         check_unique_ids(items)
         info = self.describe(batch_size=batch_size, concurrency=concurrency, num_gpus=num_gpus, num_cpus=num_cpus)
@@ -171,13 +184,17 @@ class RayEngine:
         try:
             failures, lost, error = self._pass(batches, stage_factory, info, on_result, bar, isolate=False)
             lost_items = [i for b in lost for i in batches[b]]
-            if lost_items and any(len(batches[b]) > 1 for b in lost):
-                log.warning("%d batch(es) lost with their actor (%s); running their %d items one by one", len(lost),
-                            error, len(lost_items))
+            for _ in range(self.isolation_passes):
+                if not lost_items:
+                    break
+                log.warning("%d item(s) lost with their actor (%s); running them one by one", len(lost_items), error)
                 singles = [[i] for i in lost_items]
                 more, lost, error = self._pass(singles, stage_factory, info, on_result, bar, isolate=True)
                 failures += more
-                lost_items = [singles[b][0] for b in lost]
+                before, lost_items = len(lost_items), [singles[b][0] for b in lost]
+                if len(lost_items) == before:  # no progress: what is left kills its worker every time
+                    break
+                # else an item may have gone down with a neighbour's actor: it gets another pass
         finally:
             self.last_stats = bar.close()
         if lost_items:
@@ -208,7 +225,7 @@ class RayEngine:
             pool = ActorPoolStrategy(size=min(info["concurrency"], len(rows)),
                                      max_tasks_in_flight_per_actor=1 if isolate else None)
             ds = _map_batches(ds, pool,
-                              fn_constructor_args=(stage_factory, self.max_retries),
+                              fn_constructor_args=(stage_factory, self.max_retries, os.getcwd()),
                               num_gpus=info["num_gpus_per_actor"], num_cpus=info["num_cpus_per_actor"],
                               restarts={"max_restarts": self.max_restarts, "max_task_retries": self.max_task_retries})
             stream = iter(ds.iter_batches(batch_size=None, batch_format="numpy"))

@@ -264,13 +264,15 @@ def grid_map(model: Any, image: Image.Image, *, classes: list[str] | None, descr
     with torch.inference_mode():
         logits = model.head(feats, None if txt is None else txt.expand(h * w, -1))
         scaled = logits / model.head.temperature
-        keep = model._classes(classes)
-        if keep is not None:
-            bias = torch.full_like(scaled, float("-inf"))
-            bias[:, keep] = 0
-            scaled = scaled + bias
-        grid_logits = scaled.T.reshape(-1, h, w).float()
-    labels, conf, sums, counts = upsample_argmax(grid_logits, (image.height, image.width))
+    n_cls = scaled.shape[1]
+    keep = model._classes(classes) or list(range(n_cls))  # a class subset: upsample only those logits
+    grid_logits = scaled[:, keep].T.reshape(len(keep), h, w).float()
+    sub_labels, conf, sub_sums, sub_counts = upsample_argmax(grid_logits, (image.height, image.width))
+    labels = np.asarray(keep, dtype=np.uint8)[sub_labels]
+    sums = np.zeros((n_cls, n_cls), dtype=np.float32)
+    sums[np.ix_(keep, keep)] = sub_sums
+    counts = np.zeros(n_cls, dtype=np.float64)
+    counts[keep] = sub_counts
     regions = []
     for cls_idx in np.flatnonzero(counts):
         m = labels == cls_idx

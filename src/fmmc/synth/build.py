@@ -36,7 +36,7 @@ from fmmc.data.dataset import write_dataset
 from fmmc.data.imageio import load_image
 from fmmc.data.records import Region
 from fmmc.synth.config import BuildConfig
-from fmmc.synth.triplets import normalize, select_balanced
+from fmmc.synth.triplets import fix_articles, normalize, select_balanced
 from fmmc.taxonomy import Taxonomy
 
 log = logging.getLogger(__name__)
@@ -192,8 +192,8 @@ def _box(rec: dict[str, Any], size: tuple[int, int]) -> tuple[int, int, int, int
 
 def describe(rec: dict[str, Any], template: str) -> str:
     try:
-        return " ".join(template.format(**{k: rec.get(k, "") for k in ("object", "material", "submaterial",
-                                                                         "label")}).split())
+        text = template.format(**{k: rec.get(k, "") for k in ("object", "material", "submaterial", "label")})
+        return fix_articles(" ".join(text.split()))
     except (KeyError, IndexError, ValueError) as e:
         raise ValueError(f"build.description_template={template!r}: {e!r}; fields: {{object}} {{material}} "
                          "{submaterial} {label}") from e

@@ -124,13 +124,23 @@ def _load_t2i(source: str, **kwargs: Any) -> Any:
         return DiffusionPipeline.from_pretrained(source, **kwargs)
 
 
+def _dtype_kwarg() -> str:
+    """``dtype`` for diffusers versions that take it (``torch_dtype`` is deprecated there), else ``torch_dtype``."""
+    try:
+        from diffusers.utils.deprecation_utils import _resolve_dtype  # noqa: F401
+    except ImportError:
+        return "torch_dtype"
+    return "dtype"
+
+
 def load_pipeline(cfg: GenerateConfig, model_id: str | None = None, device: str | None = None) -> Any:
     """Load and configure the text-to-image pipeline of ``cfg`` (scheduler, device, memory options)."""
     from fmmc.hub import load_pretrained
 
     model_id = model_id or cfg.model_id
     device = device or resolve_device(cfg.device)
-    kwargs: dict[str, Any] = {"torch_dtype": resolve_dtype(cfg.dtype, device)}
+    dtype = resolve_dtype(cfg.dtype, device)
+    kwargs: dict[str, Any] = {_dtype_kwarg(): dtype}
     if cfg.variant:
         kwargs["variant"] = cfg.variant
     if not cfg.safety_checker:
@@ -145,8 +155,8 @@ def load_pipeline(cfg: GenerateConfig, model_id: str | None = None, device: str 
         pipe.to(device)
     if hasattr(pipe, "set_progress_bar_config"):
         pipe.set_progress_bar_config(disable=True)
-    log.info("text-to-image %s (%s) on %s, %s, scheduler %s", model_id, type(pipe).__name__, device,
-             kwargs["torch_dtype"], type(pipe.scheduler).__name__)
+    log.info("text-to-image %s (%s) on %s, %s, scheduler %s", model_id, type(pipe).__name__, device, dtype,
+             type(pipe.scheduler).__name__)
     return pipe
 
 
@@ -270,8 +280,10 @@ def is_blank(image: Image.Image, min_std: float) -> bool:
 
 def _call_params(pipe: Any) -> set[str] | None:
     """Names ``pipe(...)`` accepts, or None when it takes ``**kwargs`` (then nothing is dropped)."""
+    if not callable(pipe):
+        return None
     try:
-        sig = inspect.signature(pipe.__call__ if not inspect.isfunction(pipe) else pipe)
+        sig = inspect.signature(pipe)
     except (TypeError, ValueError):
         return None
     if any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values()):

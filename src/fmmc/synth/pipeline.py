@@ -27,13 +27,20 @@ import logging
 import math
 from collections import Counter
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 from fmmc.synth.config import SynthConfig, save_resolved, section_dict
 from fmmc.synth.runner import StageResult, read_manifests, run_stage
 from fmmc.synth.stages import build_stage
-from fmmc.synth.triplets import KEPT, fingerprint, make_triplets, read_jsonl, render_prompt, write_jsonl
+from fmmc.synth.triplets import (
+    KEPT,
+    fingerprint,
+    make_triplets,
+    read_jsonl,
+    render_prompt,
+    write_json,
+    write_jsonl,
+)
 from fmmc.taxonomy import Taxonomy, load_taxonomy
 
 log = logging.getLogger(__name__)
@@ -74,7 +81,7 @@ def stage_triplets(cfg: SynthConfig, *, force: bool = False, llm: Any = None) ->
     result = make_triplets(cfg.triplets, tax, classes, cfg.seed, llm=llm)
     write_jsonl(path, result.records)
     report = {**result.report(), "fingerprint": fp}
-    report_path.write_text(json.dumps(report, indent=1) + "\n")
+    write_json(report_path, report)
     log.info("triplets: %d kept of %d candidates -> %s", report["total_kept"], report["total_candidates"], path)
     return result.records
 
@@ -182,11 +189,19 @@ def run_all(cfg: SynthConfig, *, shard: tuple[int, int] | None = None, engine: A
     save_resolved(cfg)
     triplets = stage_triplets(cfg, force=force_triplets)
     summary: dict[str, Any] = {"triplets": sum(t["status"] == KEPT for t in triplets)}
+    owned = isinstance(engine, str)
+    if owned:  # one engine (one Ray instance) for both model stages
+        from fmmc.engine import get_engine
+
+        engine = get_engine(engine)
     opts = {"shard": shard, "engine": engine, "progress": progress, "concurrency": concurrency, "num_gpus": num_gpus}
-    gen = stage_generate(cfg, triplets, **opts)
-    summary["generate"] = gen
-    lab = stage_label(cfg, gen.records, **opts)
-    summary["label"] = lab
+    try:
+        gen = stage_generate(cfg, triplets, **opts)
+        lab = stage_label(cfg, gen.records, **opts)
+    finally:
+        if owned and hasattr(engine, "close"):
+            engine.close()
+    summary["generate"], summary["label"] = gen, lab
     if shard is not None and shard[1] > 1:
         log.info("shard %d/%d done; run `fmmc synth build CONFIG` once every shard has finished", *shard)
         summary["build"] = None

@@ -1,10 +1,13 @@
 """Run one stage over items, resumably: a manifest of finished items, shards, any engine (local or Ray).
 
-    >>> from fmmc.synth.runner import run_stage
-    >>> res = run_stage("double", [{"id": "a", "x": 1}], "/tmp/fmmc-doc-stage",
-    ...                 lambda: (lambda batch: [{**i, "y": 2 * i["x"], "status": "ok"} for i in batch]))
-    >>> [r["y"] for r in res.ok()]
-    [2]
+    >>> import tempfile
+    >>> stage_dir = tempfile.mkdtemp()
+    >>> double = lambda batch: [{**i, "y": 2 * i["x"], "status": "ok"} for i in batch]
+    >>> res = run_stage("double", [{"id": "a", "x": 1}], stage_dir, lambda: double, progress=False)
+    >>> [r["y"] for r in res.ok()], res.done_now
+    ([2], 1)
+    >>> run_stage("double", [{"id": "a", "x": 1}], stage_dir, lambda: double, progress=False).done_before
+    1
 
 How a run goes:
 

@@ -116,23 +116,25 @@ def slug(text: str) -> str:
 def _singular(word: str) -> str:
     if len(word) > 4 and word.endswith("ies"):
         return word[:-3] + "y"
-    if len(word) > 4 and word.endswith(("ses", "xes", "ches", "shes")):
+    if len(word) > 4 and word.endswith(("sses", "xes", "ches", "shes", "zes")):
         return word[:-2]
-    if len(word) > 3 and word.endswith("s") and not word.endswith(("ss", "us", "is")):
+    if len(word) > 3 and word.endswith("s") and not word.endswith(("ss", "us", "is", "as")):
         return word[:-1]
     return word
 
 
-def normalize(text: str) -> str:
-    """Lower case, articles dropped, plurals folded: the de-dup key of a name."""
+def normalize(text: str, plural: bool = True) -> str:
+    """Lower case, articles dropped, a plural last word folded (``the vases`` -> ``vase``): a de-dup key."""
     words = re.sub(r"[^a-z0-9' ]+", " ", text.lower()).split()
     words = [w for w in words if w not in ("a", "an", "the")]
-    return " ".join(_singular(w) for w in words)
+    if plural and words:
+        words[-1] = _singular(words[-1])
+    return " ".join(words)
 
 
 def triplet_id(label: str, obj: str, submaterial: str) -> str:
     """A stable, filesystem-safe id (also the de-dup key): ``ceramic--vase--porcelain``."""
-    return f"{slug(label)}--{slug(normalize(obj))}--{slug(normalize(submaterial))}"
+    return f"{slug(label)}--{slug(normalize(obj))}--{slug(normalize(submaterial, plural=False))}"
 
 
 def make_triplet(obj: str, material: str, submaterial: str, label: str, word: str | None = None,
@@ -179,10 +181,11 @@ def render_prompt(template: str, t: dict[str, Any]) -> str:
         raise ValueError(f"prompt template {template!r}: {e!r}; it may use only the fields "
                          "{object} {material} {submaterial} {label}") from e
     text = re.sub(r"\s+", " ", text).replace(" ,", ",").strip()
-    return _fix_articles(text)
+    return fix_articles(text)
 
 
-def _fix_articles(text: str) -> str:
+def fix_articles(text: str) -> str:
+    """``a oak chair`` -> ``an oak chair`` (and back); ``A`` keeps its capital."""
     def repl(m: re.Match[str]) -> str:
         art, nxt = m.group(1), m.group(2)
         vowel = nxt[0].lower() in "aeio" or (nxt[0].lower() == "u" and not nxt.lower().startswith(("uni", "use", "usu", "ut")))
@@ -390,6 +393,16 @@ def write_jsonl(path: str | Path, records: Iterable[dict[str, Any]]) -> Path:
             f.write(json.dumps(r, ensure_ascii=False) + "\n")
         f.flush()
         os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return path
+
+
+def write_json(path: str | Path, data: Any) -> Path:
+    """Write JSON atomically (readers on other shards never see half a file)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n")
     os.replace(tmp, path)
     return path
 

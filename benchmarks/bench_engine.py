@@ -1,0 +1,131 @@
+"""Feature-extraction throughput, local engine vs Ray engine, on this machine, in one run.
+
+    python benchmarks/bench_engine.py                          # 64 JPEGs, builtin:efficientnet-lite0, 2 CPUs
+    python benchmarks/bench_engine.py --n 128 --backbone hf:/path/to/dinov2 --image-size 224 --concurrency 2
+
+Both engines run the same stage (:class:`fmmc.engine.features.FeatureStage`) over the same regions with
+the same batches (local: once with as many torch threads as CPUs, once with one). Reported per engine: wall seconds of ``map_stage`` (Ray: actor start and model load
+included, ``ray.init`` not), items/s over that, and steady-state items/s (from the first result to the
+last, i.e. without start-up). The Ray/local ratio is the overhead (or gain) of Ray on this machine; the
+ratio, not the absolute figures, is what carries over between runs on these shared machines.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+
+def write_jpegs(root: Path, n: int, size: int, seed: int = 0) -> list[Any]:
+    """``n`` textured JPEGs with a round mask each -> Regions."""
+    from fmmc.data.records import Region
+
+    rng = np.random.default_rng(seed)
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    (root / "masks").mkdir(parents=True, exist_ok=True)
+    yy, xx = np.mgrid[0:size, 0:size]
+    regions = []
+    for k in range(n):
+        base = rng.integers(0, 255, 3)
+        period = int(rng.integers(2, 9))
+        img = np.clip(base[None, None] * (0.7 + 0.3 * ((xx // period) % 2))[..., None]
+                      + rng.normal(0, 12, (size, size, 3)), 0, 255).astype(np.uint8)
+        mask = (yy - size / 2) ** 2 + (xx - size / 2) ** 2 < (size / 3) ** 2
+        Image.fromarray(img).save(root / "images" / f"{k:04d}.jpg", quality=90)
+        Image.fromarray(mask.astype(np.uint8) * 255).save(root / "masks" / f"{k:04d}.png")
+        regions.append(Region(image=root / "images" / f"{k:04d}.jpg", mask=root / "masks" / f"{k:04d}.png",
+                              id=f"r{k:04d}"))
+    return regions
+
+
+def timed_map(engine: Any, items: list[dict], factory: Any, batch_size: int, **resources: Any) -> dict[str, float]:
+    stamps: list[tuple[float, int]] = []
+    t0 = time.perf_counter()
+    failures = engine.map_stage(items, factory, batch_size=batch_size,
+                                on_result=lambda rs: stamps.append((time.perf_counter(), len(rs))), **resources)
+    t1 = time.perf_counter()
+    if failures:
+        raise RuntimeError(f"{len(failures)} failures, first: {failures[0]}")
+    first_t, first_n = stamps[0]
+    steady = (len(items) - first_n) / (t1 - first_t) if t1 > first_t else float("nan")
+    return {"seconds": round(t1 - t0, 2), "items_per_s": round(len(items) / (t1 - t0), 2),
+            "steady_items_per_s": round(steady, 2), "first_result_s": round(first_t - t0, 2)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=int, default=64, help="number of JPEGs")
+    ap.add_argument("--size", type=int, default=128, help="JPEG side in pixels")
+    ap.add_argument("--backbone", default="builtin:efficientnet-lite0")
+    ap.add_argument("--image-size", type=int, default=224)
+    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--cpus", type=int, default=2, help="CPUs of the local Ray instance (and torch threads locally)")
+    ap.add_argument("--concurrency", type=int, default=2, help="Ray actors")
+    ap.add_argument("--json", help="also write the figures to this file")
+    args = ap.parse_args(argv)
+
+    import torch
+
+    from fmmc.engine import get_engine
+    from fmmc.engine.features import FeatureJob, FeatureStage, absolute_region
+    from fmmc.vision.extractor import region_key
+
+    with tempfile.TemporaryDirectory() as tmp:
+        regions = write_jpegs(Path(tmp), args.n, args.size)
+        items = [{"id": r.id, "key": region_key(r), "region": absolute_region(r).to_json()} for r in regions]
+        job = FeatureJob(backbone=args.backbone, image_size=args.image_size, batch_size=args.batch_size, device="cpu")
+
+        t = time.perf_counter()
+        stage = FeatureStage(job)
+        load_s = time.perf_counter() - t
+        local: dict[str, dict[str, float]] = {}
+        for threads in sorted({args.cpus, 1}, reverse=True):  # on a busy machine 1 thread can beat 2
+            torch.set_num_threads(threads)
+            local[f"{threads}_threads"] = {**timed_map(get_engine("local"), items, lambda: stage, args.batch_size),
+                                           "model_load_s": round(load_s, 2)}
+        best = max(local.values(), key=lambda r: r["items_per_s"])
+
+        import ray
+
+        t = time.perf_counter()
+        ray.init(num_cpus=args.cpus, include_dashboard=False, log_to_driver=False)
+        init_s = time.perf_counter() - t
+        try:
+            engine = get_engine("ray")
+            ray_run = timed_map(engine, items, partial(FeatureStage, job), args.batch_size,
+                                concurrency=args.concurrency, num_cpus=args.cpus / args.concurrency)
+            ray_run["ray_init_s"] = round(init_s, 2)
+        finally:
+            ray.shutdown()
+
+    result = {
+        "machine": f"{platform.machine()} {os.cpu_count()} cpus, python {platform.python_version()}, "
+                   f"torch {torch.__version__}, ray {ray.__version__}",
+        "load_average": os.getloadavg(),
+        "setup": f"{args.n} JPEGs {args.size}px, {args.backbone} at {args.image_size}px, batch {args.batch_size}, "
+                 f"local: 1 process x N torch threads; ray: {args.concurrency} actors x "
+                 f"{args.cpus / args.concurrency:g} CPU (Ray sets 1 torch thread per CPU)",
+        "local": local, "ray": ray_run,
+        "ratio_ray_over_best_local_items_per_s": round(ray_run["items_per_s"] / best["items_per_s"], 3),
+        "ratio_ray_over_best_local_steady": round(ray_run["steady_items_per_s"] / best["steady_items_per_s"], 3),
+    }
+    text = json.dumps(result, indent=1)
+    print(text)
+    if args.json:
+        Path(args.json).write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

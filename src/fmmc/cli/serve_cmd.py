@@ -1,0 +1,68 @@
+"""``fmmc serve MODEL [--host 127.0.0.1 --port 8000 --token T ...]``: the HTTP API and web page.
+
+    $ fmmc serve runs/demo/model                       # http://127.0.0.1:8000/ (page), /docs (API)
+    $ fmmc serve runs/demo/model --host 0.0.0.0 --token "$(openssl rand -hex 16)" --max-concurrency 2
+
+Needs ``pip install 'fmmc[serve]'``. See docs/serving.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+log = logging.getLogger(__name__)
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("serve", help="serve a model over HTTP (JSON API + web page)")
+    p.add_argument("model", help="model directory (from `fmmc train`) or hub id")
+    p.add_argument("--host", default="127.0.0.1", help="interface to listen on (default loopback only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--token", default=os.environ.get("FMMC_SERVE_TOKEN"),
+                   help="require 'Authorization: Bearer TOKEN' on /v1/* (default $FMMC_SERVE_TOKEN; none = open)")
+    p.add_argument("--max-upload-mb", type=float, default=20.0, help="largest request body (413 above)")
+    p.add_argument("--max-pixels", type=int, default=40_000_000, help="largest image, width x height (413 above)")
+    p.add_argument("--timeout", type=float, default=60.0, help="seconds per request (504 after)")
+    p.add_argument("--max-concurrency", type=int, default=4, help="requests worked on at once")
+    p.add_argument("--max-queue", type=int, default=32, help="requests waiting beyond those (503 'busy' above)")
+    p.add_argument("--batch-window-ms", type=float, default=5.0, help="micro-batching window for /v1/classify")
+    p.add_argument("--max-batch", type=int, default=8, help="largest micro-batch (1 = no batching)")
+    p.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
+                   help="allow this browser origin (repeatable); CORS is off by default")
+    p.add_argument("--segment-mode", choices=["sam", "grid"], default="sam", help="default /v1/segment mode")
+    p.add_argument("--points-per-side", type=int, default=16, help="SAM automatic-mask point grid")
+    p.add_argument("--segmenter", help="segmenter spec (default: the model's, else hf:facebook/sam-vit-base)")
+    p.add_argument("--grounder", help="grounder spec (default: the model's, else hf:IDEA-Research/grounding-dino-base)")
+    p.add_argument("--describer", help="describer spec for two-stream models (e.g. openai:gpt-4o-mini)")
+    p.add_argument("--preload", action="store_true", help="load the segmenter and grounder at start-up")
+    p.set_defaults(func=run)
+
+
+def settings_from_args(args: argparse.Namespace) -> object:
+    from fmmc.serve.settings import ServeSettings
+
+    overrides = {k: getattr(args, k) for k in ("segmenter", "grounder", "describer") if getattr(args, k)}
+    return ServeSettings(host=args.host, port=args.port, token=args.token or None, max_upload_mb=args.max_upload_mb,
+                         max_pixels=args.max_pixels, timeout=args.timeout, max_concurrency=args.max_concurrency,
+                         max_queue=args.max_queue, batch_window_ms=args.batch_window_ms, max_batch=args.max_batch,
+                         cors_origins=tuple(args.cors_origin), segment_mode=args.segment_mode,
+                         points_per_side=args.points_per_side, preload=args.preload, model_overrides=overrides)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        import uvicorn
+    except ImportError as e:
+        raise ImportError("fmmc serve needs the serve extra: pip install 'fmmc[serve]'") from e
+    from fmmc.serve import create_app
+
+    settings = settings_from_args(args)
+    if args.host not in ("127.0.0.1", "localhost", "::1") and not args.token:
+        log.warning("listening on %s without --token: anyone who can reach this port can use the model", args.host)
+    app = create_app(args.model, settings)  # type: ignore[arg-type]
+    print(f"fmmc serving {args.model} on http://{args.host}:{args.port}/ (API docs at /docs)", file=sys.stderr)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="info" if args.verbose else "warning")
+    return 0

@@ -1,0 +1,78 @@
+"""Deltas between results: ``fmmc compare RUN_DIR...`` (eval folders or reproduce folders).
+
+    >>> runs = [load_run("runs/eval-fmd"), load_run("runs/clip-fmd")]       # doctest: +SKIP
+    >>> print(compare_text(runs))                                            # doctest: +SKIP
+
+An eval folder (``metrics.json``) gives one row of numbers; a reproduce folder gives one per cell
+(``cells/*.json``), keyed by table/row/column. The first run is the reference: every other run shows its
+value and the difference (``+0.031``). Keys missing from a run are shown as an en dash.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fmmc.evaluation.report import fmt, text_table
+
+METRICS = ("acc", "macc", "miou", "top5", "ece")
+
+
+@dataclass
+class Run:
+    path: Path
+    kind: str  # eval | reproduce
+    values: dict[str, dict[str, float | None]] = field(default_factory=dict)  # key -> metric -> value
+
+
+def load_run(path: str | Path) -> Run:
+    p = Path(path)
+    if (p / "metrics.json").is_file():
+        m = json.loads((p / "metrics.json").read_text())
+        key = f"{m.get('data', '')}"
+        return Run(p, "eval", {key: {k: m.get(k) for k in METRICS}})
+    cells = sorted((p / "cells").glob("*.json")) if (p / "cells").is_dir() else []
+    if cells:
+        values: dict[str, dict[str, float | None]] = {}
+        for f in cells:
+            rec = json.loads(f.read_text())
+            m = rec.get("metrics", {})
+            for table, row, col in rec.get("places", []):
+                values[f"{table} / {row} / {col}"] = {k: m.get(k) for k in METRICS}
+        return Run(p, "reproduce", values)
+    raise ValueError(f"{p}: neither an eval folder (metrics.json) nor a reproduce folder (cells/*.json)")
+
+
+def _delta(a: Any, b: Any) -> str:
+    if a is None or b is None:
+        return ""
+    return f" ({b - a:+.3f})"
+
+
+def compare_text(runs: list[Run], metrics: tuple[str, ...] = ("acc", "macc", "miou")) -> str:
+    """One table: a row per (key, metric), a column per run; later runs show their delta to the first."""
+    if len(runs) < 2:
+        raise ValueError("compare needs at least two result folders")
+    kinds = {r.kind for r in runs}
+    if len(kinds) > 1:
+        raise ValueError("compare eval folders with eval folders, or reproduce folders with reproduce folders: "
+                         + ", ".join(f"{r.path} is {r.kind}" for r in runs))
+    if kinds == {"eval"}:  # one result per folder, whatever its test set: compared side by side
+        keys = ["result"]
+        vals = [{"result": next(iter(r.values.values()))} for r in runs]
+    else:
+        keys = sorted({k for r in runs for k in r.values})
+        vals = [r.values for r in runs]
+    headers = ["key", "metric"] + [r.path.name or str(r.path) for r in runs]
+    rows = []
+    for key in keys:
+        for metric in metrics:
+            ref = (vals[0].get(key) or {}).get(metric)
+            line = [key, metric, fmt(ref)]
+            for v in vals[1:]:
+                x = (v.get(key) or {}).get(metric)
+                line.append(fmt(x) + _delta(ref, x))
+            rows.append(line)
+    return text_table(headers, rows)

@@ -1,0 +1,203 @@
+"""The grid's tables in the paper's layout, ours beside the published numbers, and the reproduce report.
+
+    >>> paper = load_paper("builtin")
+    >>> paper["backbones"]["rows"]["head"]["DINOv2"]
+    '0.79|0.88'
+
+Cells are ``acc`` (Table 1) or ``mIoU|mAcc`` (Tables 2-5) with two decimals, as printed in the paper.
+Rows the paper has and the config does not (MatSim) are shown with the paper's numbers only.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from fmmc.evaluation.files import dumps, write_json_atomic, write_text_atomic
+from fmmc.evaluation.grid import GridConfig, _columns
+from fmmc.evaluation.report import fmt, md_table, pair, with_ci
+
+log = logging.getLogger(__name__)
+
+
+def load_paper(source: str = "builtin") -> dict[str, Any]:
+    """Published numbers: the built-in file, a YAML file, or nothing (``none``)."""
+    if source == "none":
+        return {}
+    if source == "builtin":
+        text = resources.files("fmmc.evaluation").joinpath("data", "paper_results.yaml").read_text()
+    else:
+        p = Path(source)
+        if not p.is_file():
+            raise ValueError(f"paper_results {source!r}: not a file (use builtin, none or a YAML path)")
+        text = p.read_text()
+    return yaml.safe_load(text) or {}
+
+
+def _paper_cell(v: Any) -> tuple[float | None, float | None, float | None]:
+    """(acc, miou, macc) of a published cell."""
+    if v is None:
+        return None, None, None
+    if isinstance(v, (int, float)):
+        return float(v), None, None
+    a, _, b = str(v).partition("|")
+    return None, float(a), float(b)
+
+
+def _cell_text(metric: str, m: dict[str, Any] | None) -> str:
+    if m is None:
+        return "–"
+    return fmt(m.get("acc"), 2) if metric == "acc" else pair(m.get("miou"), m.get("macc"))
+
+
+def _paper_text(metric: str, v: Any) -> str:
+    acc, miou, macc = _paper_cell(v)
+    if v is None:
+        return "–"
+    return fmt(acc, 2) if metric == "acc" else pair(miou, macc)
+
+
+def build_tables(cfg: GridConfig, result: Any) -> list[dict[str, Any]]:
+    """Every table as ``{id, title, metric, columns, rows: [{label, cells: {col: {...}}}], note}``."""
+    paper = load_paper(cfg.paper_results)
+    where = {place: c for c in result.cells for place in c.places}
+    out = []
+    for t in cfg.tables:
+        pt = paper.get(t.paper or t.id, {}) if (t.paper or "") != "none" else {}
+        prow = pt.get("rows", {}) or {}
+        cols = [label for label, _, _ in _columns(t, cfg, t.id)]
+        rows = []
+        for row in list(t.rows) + [r for r in prow if r not in t.rows]:
+            cells = {}
+            for col in cols:
+                c = where.get((t.id, row, col))
+                rec = result.results.get(c.cell_id) if c is not None else None
+                status = "ok" if rec else ("failed" if c is not None and c.cell_id in result.failed else
+                                           "paper only" if c is None else "not run")
+                cells[col] = {"cell": c.cell_id if c else None, "status": status,
+                              "metrics": rec["metrics"] if rec else None,
+                              "x": getattr(c.train, t.plot, None) if (c is not None and c.train and t.plot) else None,
+                              "paper": (prow.get(row) or {}).get(col)}
+            rows.append({"label": row, "ours": row in t.rows, "cells": cells})
+        out.append({"id": t.id, "title": t.title or pt.get("title") or t.id, "metric": t.metric, "columns": cols,
+                    "rows": rows, "note": pt.get("note"), "plot": t.plot, "paper_x": pt.get("x") or {},
+                    "has_paper": bool(prow)})
+    return out
+
+
+def table_markdown(tab: dict[str, Any]) -> str:
+    headers = [""]
+    for col in tab["columns"]:
+        headers += [col, f"{col} (paper)"] if tab["has_paper"] else [col]
+    rows = []
+    for r in tab["rows"]:
+        line = [r["label"] if r["ours"] else f"{r['label']} (paper only)"]
+        for col in tab["columns"]:
+            cell = r["cells"][col]
+            text = _cell_text(tab["metric"], cell["metrics"]) if cell["status"] != "failed" else "failed"
+            line.append(text)
+            if tab["has_paper"]:
+                line.append(_paper_text(tab["metric"], cell["paper"]))
+        rows.append(line)
+    return md_table(headers, rows)
+
+
+def _curve(tab: dict[str, Any], path: Path) -> bool:
+    from fmmc.evaluation.plots import curve_png
+
+    series: dict[str, list[tuple[float, float]]] = {}
+    paper: dict[str, list[tuple[float, float]]] = {}
+    for col in tab["columns"]:
+        for r in tab["rows"]:
+            cell = r["cells"][col]
+            if cell["metrics"] and cell["x"] is not None:
+                series.setdefault(f"{col} mAcc", []).append((float(cell["x"]), cell["metrics"]["macc"]))
+                series.setdefault(f"{col} mIoU", []).append((float(cell["x"]), cell["metrics"]["miou"]))
+            _, miou, macc = _paper_cell(cell["paper"])
+            x = tab["paper_x"].get(r["label"])
+            if macc is not None and x is not None:
+                paper.setdefault(f"{col} mAcc", []).append((float(x), macc))
+                paper.setdefault(f"{col} mIoU", []).append((float(x), miou))
+    if not series:
+        return False
+    return curve_png(series, path, xlabel=tab["plot"], ylabel="score", title=tab["title"], paper=paper)
+
+
+def write_tables(cfg: GridConfig, result: Any) -> Path:
+    """Write tables.md, tables.json, curve PNGs and report.md into the grid's folder; returns report.md."""
+    out = Path(result.out)
+    tables = build_tables(cfg, result)
+    figures = {}
+    for tab in tables:
+        if tab["plot"] and _curve(tab, out / f"{tab['id']}.png"):
+            figures[tab["id"]] = f"{tab['id']}.png"
+    md = []
+    for tab in tables:
+        md += [f"### {tab['title']}", "", table_markdown(tab), ""]
+        if tab["note"]:
+            md += [f"Paper note: {' '.join(str(tab['note']).split())}", ""]
+        if tab["id"] in figures:
+            md += [f"![{tab['id']}]({figures[tab['id']]})", ""]
+    write_text_atomic(out / "tables.md", "\n".join(md))
+    write_json_atomic(out / "tables.json", tables)
+    report = _report(cfg, result, "\n".join(md))
+    write_text_atomic(out / "report.md", report)
+    return out / "report.md"
+
+
+def print_tables(result: Any, cfg: GridConfig) -> str:
+    """The tables as plain text for the console (ours, then the paper's in parentheses)."""
+    from fmmc.evaluation.report import text_table
+
+    parts = []
+    for tab in build_tables(cfg, result):
+        rows = []
+        for r in tab["rows"]:
+            if not r["ours"]:
+                continue
+            line = [r["label"]]
+            for col in tab["columns"]:
+                cell = r["cells"][col]
+                text = _cell_text(tab["metric"], cell["metrics"]) if cell["status"] != "failed" else "failed"
+                if cell["paper"] is not None:
+                    text += f" ({_paper_text(tab['metric'], cell['paper'])})"
+                line.append(text)
+            rows.append(line)
+        parts += [tab["title"], text_table([""] + tab["columns"], rows), ""]
+    return "\n".join(parts)
+
+
+def _report(cfg: GridConfig, result: Any, tables_md: str) -> str:
+    from dataclasses import asdict
+
+    from fmmc import __version__
+
+    done = [c for c in result.cells if c.cell_id in result.results]
+    parts = [f"# Reproduction: {cfg.name}", "",
+             f"fmmc {__version__}, written {time.strftime('%Y-%m-%d %H:%M:%S')}. {len(done)} of {len(result.cells)} "
+             f"cells finished ({len(result.ran)} run now, {len(result.trained)} model(s) trained now), "
+             f"{len(result.failed)} failed.", "",
+             "Our numbers first, the paper's published numbers beside them (\"(paper)\" columns). Cells are "
+             "accuracy (Table 1) or mIoU|mAcc over the classes present in each test set, with predictions "
+             f"restricted to the test set's classes ({cfg.eval.classes}).", "", "## Tables", "", tables_md, "",
+             "## Cells", ""]
+    rows = []
+    for c in result.cells:
+        rec = result.results.get(c.cell_id)
+        m = rec["metrics"] if rec else {}
+        ci = m.get("ci95", {})
+        link = f"[report]({rec['eval_dir']}/report.md)" if rec else result.failed.get(c.cell_id, "not run")[:120]
+        rows.append([c.cell_id, cfg.test_sets[c.test_key].title, m.get("n", "–"), with_ci(m.get("acc"), ci.get("acc")),
+                     with_ci(m.get("macc"), ci.get("macc")), fmt(m.get("miou")), link])
+    parts += [md_table(("cell", "test set", "regions", "acc [95% CI]", "mAcc [95% CI]", "mIoU", "details"), rows,
+                       "llrrrrl"), ""]
+    if result.failed:
+        parts += ["## Failed cells", ""] + [f"- `{k}`: {v}" for k, v in result.failed.items()] + [""]
+    parts += ["## Configuration", "", "```yaml", yaml.safe_dump(yaml.safe_load(dumps(asdict(cfg))), sort_keys=False).rstrip(),
+              "```", ""]
+    return "\n".join(parts)
