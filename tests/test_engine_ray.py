@@ -114,7 +114,7 @@ def test_resume_skips_finished_items(ray_local, tmp_path) -> None:
 
 def test_an_item_that_always_kills_its_worker_is_reported(ray_local) -> None:
     got: list[dict] = []
-    engine = get_engine("ray", max_restarts=0, max_task_retries=0)
+    engine = get_engine("ray", max_restarts=1, max_task_retries=1)
     failures = engine.map_stage(_items(8), Poison, batch_size=4, concurrency=2, on_result=got.extend)
     # its batch is lost, rerun one item at a time: only the poison item is lost for good
     assert [f[0] for f in failures] == ["item-003"] and "lost on the Ray cluster" in failures[0][1]

@@ -8,11 +8,10 @@ from collections import Counter
 import pytest
 import yaml
 
+from fmmc.synth.blocklist import blocked, load_blocklist
 from fmmc.synth.config import TripletsConfig
 from fmmc.synth.llm_triplets import extract_json, judge_triplets, propose_triplets
 from fmmc.synth.triplets import (
-    blocked,
-    load_blocklist,
     load_table,
     make_triplet,
     make_triplets,

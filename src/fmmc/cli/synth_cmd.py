@@ -8,6 +8,8 @@
     fmmc synth review runs/synth/dataset                                     # check a sample of labels by hand
 
 CONFIG is a YAML file (``configs/synth/*.yaml``); ``key=value`` overrides follow it (``generate.steps=20``).
+With ``triplets.llm`` set, run ``fmmc synth triplets`` once before starting shards, so all shards share one
+LLM answer (they reuse ``triplets/triplets.jsonl``).
 """
 
 from __future__ import annotations

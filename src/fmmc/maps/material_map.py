@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from fmmc.maps.render import UNLABELLED, overlay_image, palette
+from fmmc.maps.render import UNLABELLED, hex_color, overlay_image, palette
 from fmmc.taxonomy import Taxonomy
 
 log = logging.getLogger(__name__)
@@ -95,7 +95,7 @@ class MaterialMap:
         out = []
         for name, frac in self.class_fractions().items():
             i = UNLABELLED if name == "unlabelled" else self.names.index(name)
-            out.append({"index": i, "label": name, "color": "#%02x%02x%02x" % tuple(int(v) for v in lut[i]),
+            out.append({"index": i, "label": name, "color": hex_color(lut[i]),
                         "fraction": round(float(frac), 6)})
         return out
 
@@ -126,7 +126,7 @@ class MaterialMap:
         self.labels_image().save(paths["labels"])
         self.overlay(image).save(paths["overlay"])
         data = self.to_json(top_k)
-        data["colors"] = {n: "#%02x%02x%02x" % self.taxonomy.color(i) for i, n in enumerate(self.names)}
+        data["colors"] = {n: hex_color(self.taxonomy.color(i)) for i, n in enumerate(self.names)}
         paths["regions"].write_text(json.dumps(data, indent=1))
         log.info("material map written to %s", out)
         return paths

@@ -114,6 +114,7 @@ def _load(model_or_path: Any, settings: ServeSettings) -> tuple[Any, str]:
 def create_app(model_or_path: Any, settings: ServeSettings | None = None, name: str | None = None) -> FastAPI:
     """The FastAPI app serving one model (a ``MaterialClassifier`` or a path/hub id to load)."""
     from fmmc import __version__
+    from fmmc.maps.render import hex_color
     from fmmc.regions import component_spec, resolve_prompt
 
     settings = settings or ServeSettings()
@@ -279,7 +280,7 @@ def create_app(model_or_path: Any, settings: ServeSettings | None = None, name: 
     async def model_info() -> dict[str, Any]:
         tax = model.taxonomy
         classes = [{"index": i, "name": n, "description": tax.descriptions[i] if i < len(tax.descriptions) else n,
-                    "color": "#%02x%02x%02x" % tax.color(i)} for i, n in enumerate(tax.names)]
+                    "color": hex_color(tax.color(i))} for i, n in enumerate(tax.names)]
         c = model.config
         modes = ["sam"] + (["grid"] if c.get("streams") == "vision" or c.get("describer") == "none" else [])
         return {"name": model_name, "fmmc_version": str(c.get("fmmc_version", __version__)),

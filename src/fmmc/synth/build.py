@@ -64,9 +64,16 @@ class BuildReport:
 
 
 # -------------------------------------------------------------------------------------------- de-dup
+_POPCOUNT = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint16)
+
+
 def phash_bits(path: Path, hash_size: int = 8) -> np.ndarray:
     """The perceptual hash of an image as a bool vector of ``hash_size**2`` bits."""
-    import imagehash
+    try:
+        import imagehash
+    except ImportError as e:
+        raise ImportError("near-duplicate removal needs ImageHash: pip install 'fmmc[synth]' "
+                          "(or turn it off with build.dedup_hamming=-1)") from e
 
     return np.asarray(imagehash.phash(load_image(path), hash_size=hash_size).hash, dtype=bool).ravel()
 
@@ -81,7 +88,7 @@ def near_duplicates(hashes: np.ndarray, max_distance: int) -> list[int | None]:
     out: list[int | None] = []
     for i in range(n):
         if kept_idx:
-            dist = np.bitwise_count(np.bitwise_xor(kept[:len(kept_idx)], packed[i])).sum(axis=1)
+            dist = _POPCOUNT[np.bitwise_xor(kept[:len(kept_idx)], packed[i])].sum(axis=1)
             j = int(dist.argmin())
             if int(dist[j]) <= max_distance:
                 out.append(kept_idx[j])

@@ -42,6 +42,12 @@ class TripletsConfig:
     llm_judge_curated: bool = False     # ... and each curated one too
     llm_judge_batch: int = 40           # triplets per judge request
 
+    def __post_init__(self) -> None:
+        _check(self.per_class >= 0, "triplets.per_class", self.per_class, "must be >= 0 (0 keeps all)")
+        _check(self.llm_propose_per_class >= 0, "triplets.llm_propose_per_class", self.llm_propose_per_class,
+               "must be >= 0")
+        _check(self.llm_judge_batch >= 1, "triplets.llm_judge_batch", self.llm_judge_batch, "must be >= 1")
+
 
 @dataclass
 class GenerateConfig:
@@ -68,6 +74,14 @@ class GenerateConfig:
     safety_checker: bool = True         # keep the pipeline's NSFW checker if it ships one
     blank_std: float = 2.0              # an image whose pixel std is below this is rejected as blank
 
+    def __post_init__(self) -> None:
+        for name in ("height", "width"):
+            value = getattr(self, name)
+            _check(value >= 8 and value % 8 == 0, f"generate.{name}", value,
+                   "must be a positive multiple of 8 (the VAE downsamples by 8), e.g. 512 or 768")
+        for name in ("steps", "batch_size", "seeds_per_prompt"):
+            _check(getattr(self, name) >= 1, f"generate.{name}", getattr(self, name), "must be >= 1")
+
 
 @dataclass
 class BuildConfig:
@@ -83,6 +97,14 @@ class BuildConfig:
     description_template: str = "a {submaterial} {object}"
     contact_sheet_max: int = 48         # thumbnails per class sheet (0 = no sheets)
     thumb_size: int = 128
+
+    def __post_init__(self) -> None:
+        _check(self.per_class >= 0, "build.per_class", self.per_class, "must be >= 0 (0 keeps all)")
+        _check(0.0 <= self.val_fraction < 1.0, "build.val_fraction", self.val_fraction, "must be in [0, 1)")
+        _check(self.split_by in ("item", "triplet", "object"), "build.split_by", self.split_by,
+               "use item, triplet or object")
+        _check(self.link in ("hardlink", "copy", "symlink"), "build.link", self.link, "use hardlink, copy or symlink")
+        _check(self.hash_size >= 2, "build.hash_size", self.hash_size, "must be >= 2 (8 gives 64-bit hashes)")
 
 
 @dataclass
@@ -105,6 +127,11 @@ class SynthConfig:
     @property
     def out_dir(self) -> Path:
         return Path(self.out)
+
+
+def _check(ok: bool, field_name: str, value: Any, fix: str) -> None:
+    if not ok:
+        raise ValueError(f"{field_name}={value!r}: {fix}")
 
 
 def _label_config(value: Any) -> Any:

@@ -113,7 +113,10 @@ def image_relpath(item: dict[str, Any]) -> str:
 
 
 def _load_t2i(source: str, **kwargs: Any) -> Any:
-    from diffusers import AutoPipelineForText2Image, DiffusionPipeline
+    try:
+        from diffusers import AutoPipelineForText2Image, DiffusionPipeline
+    except ImportError as e:
+        raise ImportError("the generate stage needs diffusers: pip install 'fmmc[synth]'") from e
 
     try:
         return AutoPipelineForText2Image.from_pretrained(source, **kwargs)

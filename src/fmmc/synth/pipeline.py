@@ -27,8 +27,10 @@ import logging
 import math
 from collections import Counter
 from functools import partial
+from pathlib import Path
 from typing import Any
 
+from fmmc.data.imageio import file_sha256
 from fmmc.synth.config import SynthConfig, save_resolved, section_dict
 from fmmc.synth.runner import StageResult, read_manifests, run_stage
 from fmmc.synth.stages import build_stage
@@ -68,8 +70,10 @@ def stage_triplets(cfg: SynthConfig, *, force: bool = False, llm: Any = None) ->
     tax, classes = _taxonomy(cfg)
     out = cfg.out_dir / "triplets"
     path, report_path = out / "triplets.jsonl", out / "report.json"
+    files = [f for f in (cfg.triplets.table, cfg.triplets.blocklist, *cfg.triplets.extra_tables)
+             if f not in ("builtin", "none", "") and Path(f).is_file()]
     fp = fingerprint({"triplets": section_dict(cfg.triplets), "taxonomy": tax.to_dict(), "classes": classes,
-                      "seed": cfg.seed})
+                      "seed": cfg.seed, "files": {f: file_sha256(f) for f in files}})
     if path.is_file() and report_path.is_file() and not force:
         old = json.loads(report_path.read_text()).get("fingerprint")
         if old == fp:
@@ -117,6 +121,7 @@ def _settings(section: Any, **more: Any) -> dict[str, Any]:
 def stage_generate(cfg: SynthConfig, triplets: list[dict[str, Any]] | None = None, *,
                    shard: tuple[int, int] | None = None, engine: Any = "local", factory: Any = None,
                    progress: bool = True, concurrency: int | None = None, num_gpus: float | None = None) -> StageResult:
+    """Generate one image per planned (triplet, seed) not generated yet; ``factory`` overrides the generator."""
     if triplets is None:
         triplets = stage_triplets(cfg)
     items = plan_generation(triplets, cfg)
@@ -132,11 +137,13 @@ def stage_generate(cfg: SynthConfig, triplets: list[dict[str, Any]] | None = Non
 def stage_label(cfg: SynthConfig, generated: list[dict[str, Any]] | None = None, *,
                 shard: tuple[int, int] | None = None, engine: Any = "local", factory: Any = None,
                 progress: bool = True, concurrency: int | None = None, num_gpus: float | None = None) -> StageResult:
+    """Label every ``ok`` generated image not labelled yet; ``factory`` overrides the labeller."""
     if generated is None:
         done = read_manifests(cfg.out_dir / "generate")
         if not done:
             raise ValueError(f"no generated images in {cfg.out_dir / 'generate'}: run `fmmc synth generate` first")
-        generated = list(done.values())
+        planned = _planned_ids(cfg)
+        generated = [r for r in done.values() if r["id"] in planned]
     items = [r for r in generated if r.get("status") == "ok"]
     factory = factory or partial(build_stage, "labeler", cfg.labeler, cfg.label, cfg.out_dir)
     batch = int(getattr(cfg.label, "batch_size", None) or (cfg.label.get("batch_size", 8)
@@ -144,6 +151,11 @@ def stage_label(cfg: SynthConfig, generated: list[dict[str, Any]] | None = None,
     return run_stage("label", items, cfg.out_dir / "label", factory, batch_size=batch, shard=shard, engine=engine,
                      settings=_settings(cfg.label, labeler=cfg.labeler), progress=progress,
                      concurrency=concurrency, num_gpus=num_gpus)
+
+
+def _planned_ids(cfg: SynthConfig) -> set[str]:
+    """Ids of the current plan: images of triplets remade away (``--force``) are not used any more."""
+    return {it["id"] for it in plan_generation(stage_triplets(cfg), cfg)}
 
 
 # ----------------------------------------------------------------------------------------------- build
@@ -159,6 +171,13 @@ def stage_build(cfg: SynthConfig, *, progress: bool = True) -> Any:
     generated = read_manifests(out / "generate")
     rejects: Counter[str] = Counter()
     warnings: list[str] = []
+    planned = _planned_ids(cfg)
+    stale = [i for i in labelled if i not in planned]
+    if stale:
+        warnings.append(f"{len(stale)} labelled images belong to triplets that are no longer planned "
+                        "(triplets remade, or fewer seeds); they are not used")
+        labelled = {i: r for i, r in labelled.items() if i in planned}
+        generated = {i: r for i, r in generated.items() if i in planned}
     report_path = out / "triplets" / "report.json"
     if report_path.is_file():
         warnings += json.loads(report_path.read_text()).get("warnings", [])

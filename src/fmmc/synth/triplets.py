@@ -14,7 +14,6 @@ The curated table is ``data/triplets.yaml``; the rule-based blocklist is ``data/
 
 from __future__ import annotations
 
-import fnmatch
 import hashlib
 import json
 import logging
@@ -24,45 +23,22 @@ import re
 from collections import Counter, defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from fmmc.synth.blocklist import blocked, load_blocklist, name_list, read_data_file
 from fmmc.synth.config import TripletsConfig
 from fmmc.taxonomy import Taxonomy
 
 log = logging.getLogger(__name__)
 
 KEPT, FILTERED = "kept", "filtered"
-_MATCH_KEYS = ("object", "material", "submaterial")
 
 
 # ----------------------------------------------------------------------------------------------- tables
-def _read_data(spec: str, builtin: str, what: str) -> tuple[dict[str, Any], str]:
-    if spec == "builtin":
-        text = resources.files("fmmc.synth").joinpath("data", builtin).read_text(encoding="utf-8")
-        return yaml.safe_load(text) or {}, f"built-in {what} data/{builtin}"
-    p = Path(spec)
-    if not p.is_file():
-        raise ValueError(f"{what} {spec!r} is neither 'builtin' nor an existing YAML/JSON file")
-    try:
-        data = json.loads(p.read_text()) if p.suffix == ".json" else yaml.safe_load(p.read_text())
-    except (json.JSONDecodeError, yaml.YAMLError) as e:
-        raise ValueError(f"{what} file {p}: cannot parse: {e}") from e
-    return data or {}, f"{what} file {p}"
-
-
-def _names(value: Any, where: str) -> list[str]:
-    if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
-        raise ValueError(f"{where}: expected a list of non-empty strings, got {value!r}")
-    return [v.strip() for v in value]
-
-
 def load_table(spec: str = "builtin") -> dict[str, dict[str, Any]]:
     """A curated table as ``{material: {"word", "submaterials", "objects": [{"name", "submaterials"}]}}``."""
-    data, where = _read_data(spec, "triplets.yaml", "triplet table")
+    data, where = read_data_file(spec, "triplets.yaml", "triplet table")
     materials = data.get("materials") if isinstance(data, dict) else None
     if not isinstance(materials, dict) or not materials:
         raise ValueError(f"{where}: expected a top-level 'materials:' mapping (see fmmc/synth/data/triplets.yaml)")
@@ -74,7 +50,7 @@ def load_table(spec: str = "builtin") -> dict[str, dict[str, Any]]:
         unknown = set(entry) - {"word", "submaterials", "objects"}
         if unknown:
             raise ValueError(f"{w}: unknown key(s) {sorted(unknown)}; known: word, submaterials, objects")
-        subs = _names(entry.get("submaterials", []), f"{w}.submaterials") if "submaterials" in entry else []
+        subs = name_list(entry.get("submaterials", []), f"{w}.submaterials") if "submaterials" in entry else []
         objects = []
         for i, obj in enumerate(entry.get("objects") or []):
             ow = f"{w}.objects[{i}]"
@@ -85,8 +61,8 @@ def load_table(spec: str = "builtin") -> dict[str, dict[str, Any]]:
             bad = set(obj) - {"name", "submaterials", "extra_submaterials"}
             if bad:
                 raise ValueError(f"{ow}: unknown key(s) {sorted(bad)}; known: name, submaterials, extra_submaterials")
-            own = _names(obj["submaterials"], f"{ow}.submaterials") if "submaterials" in obj else list(subs)
-            own += _names(obj.get("extra_submaterials", []), f"{ow}.extra_submaterials")
+            own = name_list(obj["submaterials"], f"{ow}.submaterials") if "submaterials" in obj else list(subs)
+            own += name_list(obj.get("extra_submaterials", []), f"{ow}.extra_submaterials")
             if not own:
                 raise ValueError(f"{ow}: no sub-materials; give the material a 'submaterials' list or the object one")
             objects.append({"name": obj["name"].strip(), "submaterials": list(dict.fromkeys(own))})
@@ -197,61 +173,6 @@ def fix_articles(text: str) -> str:
         return (new.capitalize() if art[0].isupper() else new) + " " + nxt
 
     return re.sub(r"\b(an?|An?)\s+([A-Za-z][\w'-]*)", repl, text)
-
-
-# --------------------------------------------------------------------------------------------- blocklist
-@dataclass(frozen=True)
-class Rule:
-    """Blocks a triplet when every ``match`` key matches and no ``exclude`` key does (shell wildcards)."""
-
-    reason: str
-    match: dict[str, tuple[str, ...]] = field(default_factory=dict)
-    exclude: dict[str, tuple[str, ...]] = field(default_factory=dict)
-
-    @staticmethod
-    def _hits(key: str, patterns: tuple[str, ...], t: dict[str, Any]) -> bool:
-        values = [t["material"], t["label"]] if key == "material" else [t[key]]
-        return any(fnmatch.fnmatchcase(v.lower(), p.lower()) for v in values for p in patterns)
-
-    def blocks(self, t: dict[str, Any]) -> bool:
-        return all(self._hits(k, p, t) for k, p in self.match.items()) and not any(
-            self._hits(k, p, t) for k, p in self.exclude.items())
-
-
-def load_blocklist(spec: str = "builtin") -> list[Rule]:
-    if spec in ("none", ""):
-        return []
-    data, where = _read_data(spec, "blocklist.yaml", "blocklist")
-    raw = data.get("rules") if isinstance(data, dict) else None
-    if not isinstance(raw, list):
-        raise ValueError(f"{where}: expected a top-level 'rules:' list (see fmmc/synth/data/blocklist.yaml)")
-    rules = []
-    known = set(_MATCH_KEYS) | {f"not_{k}" for k in _MATCH_KEYS} | {"reason"}
-    for i, r in enumerate(raw):
-        w = f"{where}: rules[{i}]"
-        if not isinstance(r, dict) or not isinstance(r.get("reason"), str):
-            raise ValueError(f"{w}: expected a mapping with a 'reason' and some of {sorted(known - {'reason'})}")
-        bad = set(r) - known
-        if bad:
-            raise ValueError(f"{w}: unknown key(s) {sorted(bad)}; known: {sorted(known)}")
-
-        def pats(v: Any, key: str, w: str = w) -> tuple[str, ...]:
-            return tuple(_names([v] if isinstance(v, str) else v, f"{w}.{key}"))
-
-        match = {k: pats(r[k], k) for k in _MATCH_KEYS if k in r}
-        exclude = {k: pats(r[f"not_{k}"], f"not_{k}") for k in _MATCH_KEYS if f"not_{k}" in r}
-        if not match and not exclude:
-            raise ValueError(f"{w}: a rule needs at least one of {sorted(known - {'reason'})}")
-        rules.append(Rule(r["reason"], match, exclude))
-    return rules
-
-
-def blocked(t: dict[str, Any], rules: Iterable[Rule]) -> str | None:
-    """The reason of the first rule blocking ``t``, or None."""
-    for rule in rules:
-        if rule.blocks(t):
-            return rule.reason
-    return None
 
 
 # ------------------------------------------------------------------------------------------------ quota

@@ -220,6 +220,7 @@ function classify(prompt) {
     state.map = null;
     $("hover").hidden = true;
     $("legend").innerHTML = "";
+    clearCanvas("overlay"); // a stale mask or map must not look like this prompt's answer
     drawMarker(prompt);
     const form = new FormData();
     form.append("image", state.blob, state.name);
@@ -229,7 +230,6 @@ function classify(prompt) {
     if (prompt.box) { form.append("box", prompt.box.map((v) => v.toFixed(1)).join(",")); form.append("refine", $("refine").checked ? "true" : "false"); }
     if (prompt.object) form.append("object", prompt.object);
     const res = await api("/v1/classify", form);
-    clearCanvas("overlay");
     if (res.mask && res.mask.png_base64) await drawMask(res.mask.png_base64, state.colors[res.label]);
     if (res.region && res.region.detection) drawMarker({ box: res.region.detection.box });
     const where = res.mask ? `${res.mask.area.toLocaleString()} px region (${res.region.source})` : "whole image";
@@ -241,6 +241,8 @@ function classify(prompt) {
 function segmentWhole() {
   return run("mapping materials…", async () => {
     clearCanvas("draw");
+    clearCanvas("overlay");
+    state.map = null;
     const form = new FormData();
     form.append("image", state.blob, state.name);
     form.append("mode", $("map-mode").value);
