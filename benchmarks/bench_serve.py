@@ -9,7 +9,8 @@ a GIL. Each concurrency level sends at most ``--requests`` requests or runs at m
 seconds, whichever comes first, after a short warm-up. The in-process baseline decodes the same JPEG
 bytes and calls ``model.predict`` with the same box, one call at a time; the table reports the service
 as a ratio of it (timings on shared machines drift, ratios measured in one run hold better).
-``--compare-no-batching`` repeats the service runs with micro-batching off (``--max-batch 1``).
+``--compare-no-batching`` repeats the service runs with micro-batching off (``--max-batch 1``). The
+baseline runs before and after the service runs and their mean is used, since load on a shared machine drifts.
 """
 
 from __future__ import annotations
@@ -66,11 +67,12 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start_server(model: Path, max_batch: int, concurrency: int) -> tuple[subprocess.Popen, str]:
+def start_server(model: Path, max_batch: int, concurrency: int, threads: int) -> tuple[subprocess.Popen, str]:
     port = free_port()
     cmd = [sys.executable, "-m", "fmmc.cli.main", "serve", str(model), "--port", str(port),
            "--max-concurrency", str(concurrency), "--max-queue", "256", "--max-batch", str(max_batch)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=dict(os.environ))
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
@@ -127,11 +129,9 @@ def summarize(latencies: list[float], wall: float, errors: int = 0) -> dict:
             "p95": lat[min(n - 1, int(round(0.95 * (n - 1))))] * 1000 if n else float("nan")}
 
 
-def in_process(model_dir: Path, image: bytes, requests: int, max_seconds: float) -> dict:
+def in_process(model: object, image: bytes, requests: int, max_seconds: float) -> dict:
     from fmmc.data.imageio import load_image
-    from fmmc.model import MaterialClassifier
 
-    model = MaterialClassifier.from_pretrained(model_dir)
     box = tuple(float(v) for v in BOX.split(","))
     for _ in range(3):
         model.predict(load_image(image), box=box)
@@ -155,20 +155,29 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-seconds", type=float, default=15.0, help="at most this long per level")
     ap.add_argument("--max-batch", type=int, default=8, help="server micro-batch size")
     ap.add_argument("--compare-no-batching", action="store_true", help="also run the server with --max-batch 1")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch/OpenMP threads, the same for the server process and the in-process baseline "
+                         "(1 by default: on a shared 2-core machine, 2 spinning OpenMP threads make timings erratic)")
     args = ap.parse_args(argv)
 
     levels = [int(v) for v in args.levels.split(",")]
     image, image_name = photo_bytes()
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = Path(args.model) if args.model else build_model(Path(tmp))
-        base = in_process(model_dir, image, args.requests, args.max_seconds)
+        import torch
+
+        from fmmc.model import MaterialClassifier
+
+        torch.set_num_threads(args.threads)
+        model = MaterialClassifier.from_pretrained(model_dir)
+        before = in_process(model, image, args.requests, args.max_seconds)
         configs = [("batch", args.max_batch)] + ([("no batch", 1)] if args.compare_no_batching and not args.url else [])
         rows = []
         for label, max_batch in configs:
             proc = None
             url = args.url
             if url is None:
-                proc, url = start_server(model_dir, max_batch, max(levels))
+                proc, url = start_server(model_dir, max_batch, max(levels), args.threads)
             try:
                 for c in levels:
                     res = asyncio.run(load(url, image, c, args.requests, args.max_seconds, args.token))
@@ -177,9 +186,14 @@ def main(argv: list[str] | None = None) -> int:
                 if proc is not None:
                     proc.terminate()
                     proc.wait(timeout=30)
+        after = in_process(model, image, args.requests, args.max_seconds)  # the load may drift: measure twice
+    base = {k: (before[k] + after[k]) / 2 for k in ("rps", "p50", "p95")}
+    base["n"] = before["n"] + after["n"]
 
     print(f"\nPOST /v1/classify, {image_name} JPEG ({len(image) / 1024:.0f} KiB), box {BOX}; "
-          f"model {args.model or 'builtin:efficientnet-lite0 @320 (built)'}; {os.cpu_count()} CPU cores")
+          f"model {args.model or 'builtin:efficientnet-lite0 @320 (built)'}; {os.cpu_count()} CPU cores, "
+          f"{args.threads} torch thread(s); in-process = mean of runs before ({before['rps']:.2f} req/s) and after "
+          f"({after['rps']:.2f} req/s) the service runs")
     head = f"{'':34} {'clients':>7} {'n':>4} {'err':>3} {'req/s':>7} {'p50 ms':>8} {'p95 ms':>8} {'req/s vs in-proc':>17} {'p50 vs in-proc':>15}"
     print(head)
     print("-" * len(head))

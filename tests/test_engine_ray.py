@@ -121,6 +121,16 @@ def test_an_item_that_always_kills_its_worker_is_reported(ray_local) -> None:
     assert sorted(r["id"] for r in got) == [f"item-{k:03d}" for k in range(8) if k != 3]
 
 
+class BadInit:
+    def __init__(self) -> None:
+        raise ValueError("cannot load model /nope: not found")
+
+
+def test_a_stage_that_cannot_start_raises_with_its_cause(ray_local) -> None:
+    with pytest.raises(RuntimeError, match="before any batch finished: ValueError: cannot load model /nope"):
+        _ray().map_stage(_items(4), BadInit, batch_size=2, concurrency=1)
+
+
 def test_stage_exceptions_are_retried_then_reported(ray_local) -> None:
     from test_engine_core import Doubler
 

@@ -178,6 +178,7 @@ def test_evaluate_maps_on_a_dms_fixture(model, model_dir, tmp_path, capsys):
     root = make_dms_fixture(tmp_path / "dms")
     pairs, names = load_dms_pairs(root, split="test")
     assert len(pairs) == 3 and names[52] == "Wood"
+    assert len(load_dms_pairs(root, images=root / "images")[0]) == 3
     report = evaluate_maps(model, pairs, mode="grid", names=names)
     assert report["images"] == 3 and set(report["per_class"]) == {"wood", "foliage"}
     assert report["pixels"] == 3 * (120 - 4) * 160  # the "No label" strip is ignored

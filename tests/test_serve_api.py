@@ -296,3 +296,46 @@ def test_openapi_schema_matches_the_api(client):
     assert {"image", "mode", "points_per_side", "legend", "alpha"} <= set(seg_form["properties"])
     err = _resolve(spec, op["responses"]["404"]["content"]["application/json"]["schema"])
     assert set(err["properties"]) == {"error"}
+
+
+# ----- the micro-batcher on its own -----
+def test_micro_batcher_batches_waits_only_when_more_are_coming_and_isolates_failures():
+    from fmmc.serve.runtime import MicroBatcher
+
+    seen: list[list[int]] = []
+
+    def fn(items):
+        seen.append(list(items))
+        if -1 in items:
+            raise ValueError("bad item")
+        return [i * 10 for i in items]
+
+    lone = MicroBatcher(fn, max_batch=8, window_s=2.0, pending=lambda: 1)
+    t0 = time.monotonic()
+    assert lone.submit(3).result(timeout=5) == 30
+    assert time.monotonic() - t0 < 1.0  # a lone request does not wait for the 2 s window
+    lone.close()
+
+    busy = MicroBatcher(fn, max_batch=4, window_s=1.0, pending=lambda: 4)
+    seen.clear()
+    futs = [busy.submit(i) for i in (1, 2, -1, 4)]
+    assert futs[0].result(timeout=5) == 10 and futs[1].result(timeout=5) == 20 and futs[3].result(timeout=5) == 40
+    with pytest.raises(ValueError, match="bad item"):
+        futs[2].result(timeout=5)
+    assert seen[0] == [1, 2, -1, 4]  # one batch, then retried one by one
+    busy.close()
+
+
+def test_serve_cli_flags_become_settings():
+    from fmmc.cli.main import build_parser
+    from fmmc.cli.serve_cmd import settings_from_args
+
+    args = build_parser().parse_args(["serve", "m", "--port", "9001", "--token", "t", "--max-upload-mb", "2",
+                                      "--cors-origin", "http://a", "--cors-origin", "http://b", "--max-batch", "1",
+                                      "--segmenter", "hf:/x/sam", "--segment-mode", "grid", "--timeout", "5"])
+    s = settings_from_args(args)
+    assert (s.port, s.token, s.max_upload_bytes, s.cors_origins, s.max_batch, s.segment_mode, s.timeout) == \
+        (9001, "t", 2 * 1024 * 1024, ("http://a", "http://b"), 1, "grid", 5.0)
+    assert s.model_overrides == {"segmenter": "hf:/x/sam"} and s.host == "127.0.0.1"
+    with pytest.raises(ValueError, match="max_concurrency"):
+        ServeSettings(max_concurrency=0)

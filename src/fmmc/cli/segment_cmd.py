@@ -36,6 +36,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--segmenter", help="segmenter spec (default: the model's, else hf:facebook/sam-vit-base)")
     p.add_argument("--eval-dms", metavar="DIR", help="evaluate maps against DMS label maps under DIR")
     p.add_argument("--split", help="with --eval-dms: only this split (train, validation, test)")
+    p.add_argument("--dms-images", metavar="DIR", help="with --eval-dms: the RGB images, if not in DIR/images/")
     p.add_argument("--limit", type=int, help="with --eval-dms: at most N images")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
@@ -85,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
 def _evaluate(model, args: argparse.Namespace, opts: dict) -> int:
     from fmmc.maps import evaluate_maps, load_dms_pairs
 
-    pairs, names = load_dms_pairs(args.eval_dms, split=args.split)
+    pairs, names = load_dms_pairs(args.eval_dms, split=args.split, images=args.dms_images)
     report = evaluate_maps(model, pairs, mode=args.mode, names=names, limit=args.limit, progress=not args.quiet, **opts)
     print(f"{report['images']} images, mode {report['mode']}: pixel acc {report['pixel_acc']:.4f}  "
           f"mIoU {report['miou']:.4f}  mAcc {report['macc']:.4f}")

@@ -18,7 +18,7 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -26,9 +26,17 @@ from typing import Any
 import numpy as np
 import yaml
 
-from fmmc.demo.metrics import confusion_matrix, summarize
 from fmmc.demo.scenes import DatasetInfo, SceneConfig, assign_splits, build_dataset
-from fmmc.demo.sources import SKIMAGE, Catalog, Source, SourceImages, fetch_wheels, halves, load_catalog, sample_region
+from fmmc.demo.sources import (
+    SKIMAGE,
+    Catalog,
+    Source,
+    SourceImages,
+    fetch_wheels,
+    halves,
+    load_catalog,
+    sample_region,
+)
 
 log = logging.getLogger(__name__)
 PROFILES = ("offline", "paper")
@@ -225,14 +233,15 @@ def run_demo(cfg: DemoConfig, notify: Callable[[str], None] | None = None) -> De
     images.close()
 
     # 5. report
-    from fmmc.demo.report import plot_confusion, scene_mosaic, write_report
+    from fmmc.demo.report import scene_mosaic, write_report
+    from fmmc.evaluation.plots import confusion_png
 
     t = time.time()
     labels = result["labels"]
     for streams, cm in result.pop("confusion").items():
         name = "confusion.png" if streams == "both" else f"confusion_{streams}.png"
-        plot_confusion(cm, labels, out / name, title=f"{streams}: accuracy {result['streams'][streams]['accuracy']:.3f} "
-                                                     "on held-out photos")
+        confusion_png(cm, labels, labels, out / name, title=f"{streams}: accuracy "
+                      f"{result['streams'][streams]['accuracy']:.3f} on held-out photos")
     mosaic = result.pop("mosaic")
     if mosaic:
         scene_mosaic(mosaic, out / "examples.png")
@@ -252,7 +261,7 @@ def run_demo(cfg: DemoConfig, notify: Callable[[str], None] | None = None) -> De
         },
         "timing": {k: round(v, 1) for k, v in timing.items()}, "config": resolved,
         "machine": f"{os.cpu_count()} CPU cores, torch {_torch_version()}",
-        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
     }
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
     metrics["train_config"] = (out / "runs" / "both" / "train_config.yaml").read_text()
@@ -267,6 +276,7 @@ def evaluate(runs: dict[str, Path], info: DatasetInfo, models: dict[str, str], i
     """Predictions of every run on the test split (one shared encoder, cached features), plus the samples."""
     from fmmc.data.dataset import load_dataset
     from fmmc.encoder import build_encoder
+    from fmmc.evaluation.metrics import summarize
     from fmmc.model import MaterialClassifier
 
     labels = info.labels
@@ -278,12 +288,18 @@ def evaluate(runs: dict[str, Path], info: DatasetInfo, models: dict[str, str], i
     for streams, run in runs.items():
         base = MaterialClassifier.from_pretrained(run / "model")
         model = MaterialClassifier(base.config, base.head, encoder=encoder)
+        label_idx = [base.taxonomy.index(c) for c in labels]
         preds, failures = model.predict_regions(test, classes=labels, progress=cfg.progress)
         if failures:
             raise RuntimeError(f"{len(failures)} test regions failed, first: {failures[0]}")
         pred_idx = np.array([labels.index(p.label) for p in preds])  # type: ignore[union-attr]
-        cm = confusion_matrix(truth, pred_idx, len(labels))
-        streams_out[streams], confusion[streams], preds_by[streams] = summarize(cm, labels), cm, preds
+        probs = np.stack([p.probs[label_idx] for p in preds])  # type: ignore[union-attr]
+        m = summarize(truth, pred_idx, probs, labels, seed=cfg.seed)
+        streams_out[streams] = {"accuracy": m["acc"], "mean_class_accuracy": m["macc"], "n": m["n"],
+                                "ci95": m["ci95"], "top3": m["top3"], "ece": m["ece"],
+                                "per_class": {c: {"accuracy": v["recall"], "support": v["support"]}
+                                              for c, v in m["per_class"].items() if v["support"]}}
+        confusion[streams], preds_by[streams] = np.asarray(m["confusion"]["matrix"]), preds
         if streams == "both":
             main_model = model
     rows = []

@@ -1,9 +1,9 @@
-"""The demo's outputs for people: a confusion-matrix plot, a mosaic of scenes, and ``report.md``.
+"""The demo's outputs for people: a mosaic of scenes with their regions outlined, and ``report.md``.
 
-    >>> plot_confusion(cm, labels, "out/confusion.png", title="two-stream, held-out photos")  # doctest: +SKIP
-    >>> write_report("out/report.md", result_dict)                                           # doctest: +SKIP
+    >>> scene_mosaic([(image_path, mask_path, "true wood\npred wood 0.93")], "out/examples.png")  # doctest: +SKIP
+    >>> write_report("out/report.md", metrics)                                                  # doctest: +SKIP
 
-Plots use matplotlib's Agg backend (no display needed); ``pip install 'fmmc[report]'``.
+The confusion-matrix plot comes from :func:`fmmc.evaluation.plots.confusion_png`.
 """
 
 from __future__ import annotations
@@ -18,38 +18,6 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 STREAM_NAMES = {"both": "two-stream (vision + language)", "vision": "vision only", "language": "language only"}
-
-
-def plot_confusion(cm: np.ndarray, labels: Sequence[str], path: str | Path, title: str = "") -> Path:
-    """Row-normalised confusion matrix (colour) with raw counts written in each cell."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    cm = np.asarray(cm)
-    rows = cm.sum(axis=1, keepdims=True)
-    frac = np.divide(cm, np.maximum(rows, 1), dtype=np.float64)
-    k = len(labels)
-    fig, ax = plt.subplots(figsize=(1.0 + 0.62 * k, 0.8 + 0.55 * k), dpi=110)
-    im = ax.imshow(frac, cmap="Blues", vmin=0, vmax=1)
-    ax.set_xticks(range(k), labels, rotation=45, ha="right")
-    ax.set_yticks(range(k), labels)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    for i in range(k):
-        for j in range(k):
-            if cm[i, j]:
-                ax.text(j, i, str(int(cm[i, j])), ha="center", va="center", fontsize=8,
-                        color="white" if frac[i, j] > 0.55 else "black")
-    if title:
-        ax.set_title(title, fontsize=10)
-    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="fraction of true class")
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
 
 
 def scene_mosaic(items: Sequence[tuple[Path, Path, str]], path: str | Path, cols: int = 4, tile: int = 240) -> Path:
@@ -76,6 +44,10 @@ def scene_mosaic(items: Sequence[tuple[Path, Path, str]], path: str | Path, cols
 
 def _fmt(v: Any) -> str:
     return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.3f}"
+
+
+def _interval(ci: Sequence[float] | None) -> str:
+    return "-" if not ci else f"{ci[0]:.3f} - {ci[1]:.3f}"
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
@@ -107,9 +79,11 @@ def write_report(path: str | Path, r: dict[str, Any]) -> Path:
                     for c in data["classes"]]), ""]
     out += ["Licences: " + "; ".join(f"{k} {v['licence']}" for k, v in data["licences"].items()) + ".", ""]
     out += ["## Accuracy on the test split (held-out photos)", ""]
-    out += [_table(["streams", "accuracy", "mean class accuracy", "test regions"],
-                   [[STREAM_NAMES.get(k, k), _fmt(v["accuracy"]), _fmt(v["mean_class_accuracy"]), v["n"]]
-                    for k, v in streams.items()]), ""]
+    out += [_table(["streams", "accuracy", "95% interval", "mean class accuracy", "top-3 accuracy", "test regions"],
+                   [[STREAM_NAMES.get(k, k), _fmt(v["accuracy"]), _interval(v.get("ci95", {}).get("acc")),
+                     _fmt(v["mean_class_accuracy"]), _fmt(v.get("top3")), v["n"]] for k, v in streams.items()]), ""]
+    out += ["The interval is a percentile bootstrap over test regions; regions of one photo are correlated, so "
+            "the real uncertainty (which photos were held out) is wider.", ""]
     out += ["Per class (accuracy = recall of the class):", ""]
     out += [_table(["class", "support"] + [STREAM_NAMES.get(k, k) for k in streams],
                    [[c, main["per_class"][c]["support"]] + [_fmt(streams[k]["per_class"].get(c, {}).get("accuracy"))

@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -42,6 +43,10 @@ from fmmc.engine.base import (
 )
 
 log = logging.getLogger(__name__)
+
+_STOPPED = "the Ray pipeline stopped: "
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_EXC_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt)\b.*")
 
 
 class StageActor:
@@ -183,6 +188,10 @@ class RayEngine:
         bar = Progress(len(items), progress, "ray")
         try:
             failures, lost, error = self._pass(batches, stage_factory, info, on_result, bar, isolate=False)
+            if error.startswith(_STOPPED) and len(lost) == len(batches):
+                # nothing came back at all: the stage cannot start (a missing model, a bad setting)
+                raise RuntimeError(f"the stage failed on the Ray cluster before any batch finished: "
+                                   f"{error[len(_STOPPED):]}")
             lost_items = [i for b in lost for i in batches[b]]
             for _ in range(self.isolation_passes):
                 if not lost_items:
@@ -235,9 +244,8 @@ class RayEngine:
                 except StopIteration:
                     break
                 except Exception as e:  # noqa: BLE001 - whatever is missing is reported by the caller
-                    lines = str(e).strip().splitlines()
-                    error = f"{type(e).__name__}: {lines[0] if lines else ''}"
-                    log.error("ray pipeline stopped: %s", error)
+                    error = _STOPPED + _reason(e)
+                    log.error("%s", error)
                     break
                 for b, payload in zip(out["b"], out["out"]):
                     b = int(b)
@@ -253,6 +261,15 @@ class RayEngine:
         finally:
             ctx.enable_progress_bars, ctx.max_errored_blocks = saved
         return failures, [b for b in range(len(batches)) if b not in seen], error
+
+
+def _reason(error: BaseException) -> str:
+    """The root cause in a Ray error's text (its last ``SomeError: message`` line), without colour codes."""
+    lines = [ln.strip() for ln in _ANSI.sub("", str(error)).splitlines() if ln.strip()]
+    for line in reversed(lines):
+        if _EXC_LINE.match(line):
+            return line
+    return f"{type(error).__name__}: {lines[0] if lines else ''}"
 
 
 def _map_batches(ds: Any, compute: Any, *, fn_constructor_args: tuple[Any, ...], num_gpus: float, num_cpus: float,

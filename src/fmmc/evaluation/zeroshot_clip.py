@@ -76,6 +76,7 @@ class ClipZeroShot:
                              "with both towers (e.g. openai/clip-vit-base-patch32, google/siglip-base-patch16-224)")
         self.family = "siglip" if model_type.startswith("siglip") else "clip"
         self.model = load_pretrained(AutoModel.from_pretrained, source, "zero-shot CLIP model").eval().to(device)
+        self.model.requires_grad_(False)
         self.processor = load_pretrained(AutoProcessor.from_pretrained, source, "zero-shot CLIP processor")
         self.taxonomy = load_taxonomy(taxonomy)
         self.templates = tuple(templates)
@@ -90,7 +91,7 @@ class ClipZeroShot:
                        "taxonomy": self.taxonomy.name, "crop": "mask bounding box, outside-mask pixels = processor mean"}
         self.class_weights = self._class_weights()
         scale = getattr(self.model, "logit_scale", None)
-        self.logit_scale = float(scale.exp()) if scale is not None else 100.0
+        self.logit_scale = float(scale.detach().exp()) if scale is not None else 100.0
 
     @property
     def labels(self) -> tuple[str, ...]:

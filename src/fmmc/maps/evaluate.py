@@ -157,10 +157,12 @@ def evaluate_maps(model: Any, pairs: Iterable[tuple[Any, Any]], mode: str = "gri
     return out
 
 
-def load_dms_pairs(root: str | Path, split: str | None = None) -> tuple[list[tuple[Path, Path]], list[str] | None]:
+def load_dms_pairs(root: str | Path, split: str | None = None,
+                   images: str | Path | None = None) -> tuple[list[tuple[Path, Path]], list[str] | None]:
     """(image, label) pairs under ``root`` (see the module docstring) and DMS's names if ``taxonomy.json`` is there.
 
-    ``split`` keeps only files under a folder of that name (``train``, ``validation``, ``test``).
+    ``split`` keeps only files under a folder of that name (``train``, ``validation``, ``test``);
+    ``images`` is a separate folder holding the RGB images (any depth), matched to label maps by file stem.
     """
     root = Path(root)
     if not root.is_dir():
@@ -172,11 +174,19 @@ def load_dms_pairs(root: str | Path, split: str | None = None) -> tuple[list[tup
     labels = sorted(p for p in root.rglob("*.png") if under(p, "labels"))
     if split:
         labels = [p for p in labels if split in p.relative_to(root).parts[:-1]]
-    images: dict[str, Path] = {}
-    for p in sorted(root.rglob("*")):
-        if p.suffix.lower() in IMAGE_EXTS and under(p, "images") and (not split or split in p.relative_to(root).parts[:-1]):
-            images.setdefault(p.stem, p)
-    pairs = [(images[lab.stem], lab) for lab in labels if lab.stem in images]
+    found: dict[str, Path] = {}
+    if images is not None:
+        img_root = Path(images)
+        if not img_root.is_dir():
+            raise ValueError(f"{img_root}: images folder does not exist")
+        for p in sorted(img_root.rglob("*")):
+            if p.suffix.lower() in IMAGE_EXTS:
+                found.setdefault(p.stem, p)
+    else:
+        for p in sorted(root.rglob("*")):
+            if p.suffix.lower() in IMAGE_EXTS and under(p, "images") and (not split or split in p.relative_to(root).parts[:-1]):
+                found.setdefault(p.stem, p)
+    pairs = [(found[lab.stem], lab) for lab in labels if lab.stem in found]
     missing = len(labels) - len(pairs)
     if not labels:
         raise ValueError(f"{root}: no label PNGs under a 'labels' folder{f' in split {split!r}' if split else ''}")

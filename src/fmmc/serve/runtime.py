@@ -6,9 +6,10 @@
 * Admission: at most ``max_concurrency`` requests work at once and ``max_queue`` wait; any more are
   refused at once with 503 "busy" (a client retries later) instead of piling up.
 * Work (image decoding, SAM, grounding, descriptions) runs in a thread pool, off the event loop.
-* Micro-batching: classifier forwards from concurrent requests that arrive within ``batch_window_ms`` of
-  each other run as one batch on one thread (one forward at a time: no CPU over-subscription, better
-  throughput). A failed batch is retried item by item so one bad request cannot fail its neighbours.
+* Micro-batching: classifier forwards of concurrent requests run as one batch on one thread (one forward
+  at a time: no CPU over-subscription). The batcher takes what is queued; it waits (at most
+  ``batch_window_ms``) only while more requests are in flight than it holds, so a lone request never
+  waits. A failed batch is retried item by item so one bad request cannot fail its neighbours.
 * Each request has ``timeout`` seconds (504); work already started finishes in the background and
   keeps its admission slot until then, so timeouts cannot overload the machine.
 """
@@ -49,10 +50,12 @@ class ClassifyItem:
 class MicroBatcher:
     """Collect items for up to ``window_s`` (or ``max_batch`` items) and run ``fn`` on them together."""
 
-    def __init__(self, fn: Callable[[list[Any]], list[Any]], max_batch: int, window_s: float) -> None:
+    def __init__(self, fn: Callable[[list[Any]], list[Any]], max_batch: int, window_s: float,
+                 pending: Callable[[], int] | None = None) -> None:
         self.fn = fn
         self.max_batch = max_batch
         self.window_s = window_s
+        self.pending = pending  # how many items may still arrive (requests in flight); None = unknown
         self.batches = 0
         self.items = 0
         self._q: queue.Queue[tuple[Any, Future] | None] = queue.Queue()
@@ -77,11 +80,19 @@ class MicroBatcher:
             deadline = time.monotonic() + self.window_s
             stop = False
             while len(batch) < self.max_batch:
-                remaining = deadline - time.monotonic()
-                try:
-                    nxt = self._q.get(timeout=remaining) if remaining > 0 else self._q.get_nowait()
+                try:  # whatever is already queued joins at once
+                    nxt = self._q.get_nowait()
                 except queue.Empty:
-                    break
+                    # wait (up to the window) only when more requests are in flight than in this batch:
+                    # a lone request runs at once, with no added latency
+                    expected = self.pending() if self.pending is not None else self.max_batch
+                    remaining = deadline - time.monotonic()
+                    if len(batch) >= expected or remaining <= 0:
+                        break
+                    try:
+                        nxt = self._q.get(timeout=remaining)
+                    except queue.Empty:
+                        break
                 if nxt is None:
                     stop = True
                     break
@@ -123,8 +134,8 @@ class Runtime:
         self._lock = threading.Lock()  # one classifier forward at a time when not micro-batching
         self._in_flight = 0
         self._count_lock = threading.Lock()
-        self.batcher = (MicroBatcher(self._forward, settings.max_batch, settings.batch_window_ms / 1000)
-                        if settings.max_batch > 1 else None)
+        self.batcher = (MicroBatcher(self._forward, settings.max_batch, settings.batch_window_ms / 1000,
+                                     pending=lambda: self._in_flight) if settings.max_batch > 1 else None)
 
     # ----- lifecycle -----
     def warm_up(self) -> None:

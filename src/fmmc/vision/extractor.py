@@ -97,47 +97,74 @@ class FeatureExtractor:
     def prepare(self, image: Image.Image, mask: np.ndarray | None) -> Prepared:
         return Prepared(to_pixels(image, self.pre), mask_to_grid(mask, self.pre.grid, self.min_coverage))
 
-    def pooled(self, pixels: torch.Tensor, cells: torch.Tensor) -> torch.Tensor:
-        """Backbone forward + pooling for a batch (differentiable when grads are on): -> [B, C] float32."""
+    def pooled(self, pixels: torch.Tensor, cells: torch.Tensor, index: torch.Tensor | None = None) -> torch.Tensor:
+        """Backbone forward + pooling for a batch (differentiable when grads are on): -> [B, C] float32.
+
+        ``index`` (optional, [B] long) says which row of ``pixels`` each of the B ``cells`` masks belongs to,
+        so regions of one image share one forward pass; without it, mask ``i`` goes with image ``i``.
+        """
         pixels = pixels.to(self.device, non_blocking=True)
         ctx = (torch.autocast(self.device.type, dtype=DTYPES[self.dtype]) if self.dtype != "fp32"
                else contextlib.nullcontext())
         with ctx:
             out = as_output(self.backbone(pixels))
-        fmap = out.feature_map
+        fmap, cls = out.feature_map, out.cls
+        if index is not None:
+            index = index.to(fmap.device)
+            fmap = fmap.index_select(0, index)
+            cls = None if cls is None else cls.index_select(0, index)
         if tuple(fmap.shape[-2:]) != tuple(cells.shape[-2:]):
             # conv nets may round the grid differently from image_size // stride: recompute cells there
             raise RuntimeError(f"feature grid {tuple(fmap.shape[-2:])} != expected {tuple(cells.shape[-2:])}; "
                                "set the backbone's preprocess.patch_size to its real stride")
-        return pool(fmap.float(), cells, self.pooling, None if out.cls is None else out.cls.float())
+        return pool(fmap.float(), cells, self.pooling, None if cls is None else cls.float())
 
     @torch.inference_mode()
     def extract_arrays(self, items: Sequence[tuple[Image.Image, np.ndarray | None]]) -> torch.Tensor:
-        """In-memory images (+ masks) -> [N, C]; no cache."""
+        """In-memory images (+ masks) -> [N, C]; no cache. Masks of one image object share one forward pass."""
         self.backbone.eval()
         outs = []
         for i in range(0, len(items), self.batch_size):
-            prepared = [self.prepare(img, m) for img, m in items[i : i + self.batch_size]]
-            outs.append(self.pooled(torch.stack([p.pixels for p in prepared]), torch.stack([p.cells for p in prepared])))
+            row_of: dict[int, int] = {}
+            pixels, cells, index = [], [], []
+            for img, m in items[i : i + self.batch_size]:
+                if id(img) not in row_of:
+                    row_of[id(img)] = len(pixels)
+                    pixels.append(to_pixels(img, self.pre))
+                index.append(row_of[id(img)])
+                cells.append(mask_to_grid(m, self.pre.grid, self.min_coverage))
+            outs.append(self.pooled(torch.stack(pixels), torch.stack(cells), _index(index, len(pixels))))
         return torch.cat(outs) if outs else torch.empty(0, self.backbone.feature_dim)
 
-    def _load(self, region: Region) -> tuple[str, Prepared | None, str | None]:
-        """(cache key, prepared inputs or None if cached, error message)."""
+    def _load(self, region: Region, decoded: dict[Any, torch.Tensor] | None = None
+              ) -> tuple[str, Prepared | None, str | None]:
+        """(cache key, prepared inputs or None if cached, error message).
+
+        ``decoded`` (image path -> pixels) lets regions of one image share one decode and one pixel tensor.
+        """
         try:
-            key = region_key(region) if self.cache is not None else ""
+            key = region_key(region)
             if self.cache is not None and key in self.cache:
                 return key, None, None
-            draft = (self.pre.image_size[1], self.pre.image_size[0])
-            img = load_image(region.image, draft=draft)
+            pixels = decoded.get(region.image) if decoded is not None else None
+            if pixels is None:
+                draft = (self.pre.image_size[1], self.pre.image_size[0])
+                pixels = to_pixels(load_image(region.image, draft=draft), self.pre)
+                if decoded is not None:
+                    decoded[region.image] = pixels
             if region.mask is not None or region.box is not None:
                 # masks are checked against the full-size image, then applied to the (maybe drafted) one
                 full = _image_size(region.image)
                 mask = region_mask(region, full)
             else:
                 mask = None
-            return key, self.prepare(img, mask), None
+            return key, Prepared(pixels, mask_to_grid(mask, self.pre.grid, self.min_coverage)), None
         except (ImageError, ValueError, OSError) as e:
             return "", None, str(e)
+
+    def _load_chunk(self, regions: Sequence[Region], idx: list[int]) -> list[tuple[str, Prepared | None, str | None]]:
+        decoded: dict[Any, torch.Tensor] = {}
+        return [self._load(regions[i], decoded) for i in idx]
 
     def extract_regions(
         self, regions: Sequence[Region], progress: bool = True, desc: str = "features"
@@ -161,9 +188,17 @@ class FeatureExtractor:
                 else:
                     todo.append((i, key, prep))
             if todo:
+                # regions of one image share its pixel tensor (see _load): one forward pass per image
+                row_of: dict[int, int] = {}
+                pixels, index = [], []
+                for _, _, p in todo:
+                    if id(p.pixels) not in row_of:
+                        row_of[id(p.pixels)] = len(pixels)
+                        pixels.append(p.pixels)
+                    index.append(row_of[id(p.pixels)])
                 with torch.inference_mode():
-                    feats = self.pooled(torch.stack([p.pixels for _, _, p in todo]),
-                                        torch.stack([p.cells for _, _, p in todo])).cpu()
+                    feats = self.pooled(torch.stack(pixels), torch.stack([p.cells for _, _, p in todo]),
+                                        _index(index, len(pixels))).cpu()
                 for (i, key, _), f in zip(todo, feats):
                     results[i] = f
                     if self.cache is not None:
@@ -182,15 +217,20 @@ class FeatureExtractor:
         chunks = [list(range(i, min(i + self.batch_size, len(regions)))) for i in range(0, len(regions), self.batch_size)]
         if not self.prefetch or len(chunks) <= 1:
             for idx in chunks:
-                yield idx, [self._load(regions[i]) for i in idx]
+                yield idx, self._load_chunk(regions, idx)
             return
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="fmmc-load") as pool_:
-            nxt = pool_.submit(lambda idx: [self._load(regions[i]) for i in idx], chunks[0])
+            nxt = pool_.submit(self._load_chunk, regions, chunks[0])
             for k, idx in enumerate(chunks):
                 cur = nxt.result()
                 if k + 1 < len(chunks):
-                    nxt = pool_.submit(lambda idx: [self._load(regions[i]) for i in idx], chunks[k + 1])
+                    nxt = pool_.submit(self._load_chunk, regions, chunks[k + 1])
                 yield idx, cur
+
+
+def _index(index: list[int], rows: int) -> torch.Tensor | None:
+    """The mask -> image row map for :meth:`FeatureExtractor.pooled`; None when it is the identity."""
+    return None if index == list(range(rows)) else torch.tensor(index, dtype=torch.long)
 
 
 def _image_size(path: Any) -> tuple[int, int]:
