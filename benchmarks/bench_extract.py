@@ -48,22 +48,14 @@ def write_model(path: Path, seed: int = 0) -> Path:
     from transformers import BitImageProcessor, Dinov2Config, Dinov2Model
 
     torch.manual_seed(seed)
-    cfg = Dinov2Config(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, patch_size=14, image_size=518)
-    model = Dinov2Model(cfg, attn_implementation="sdpa") if _takes_attn_kw() else Dinov2Model(cfg)
-    model.eval().save_pretrained(path)
+    cfg = Dinov2Config(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, patch_size=14, image_size=518,
+                       attn_implementation="sdpa")
+    Dinov2Model(cfg).eval().save_pretrained(path)
     # facebook/dinov2-base's processor: short side 256, centre crop 224, bicubic, ImageNet mean/std
     BitImageProcessor(size={"shortest_edge": 256}, crop_size={"height": 224, "width": 224}, resample=3,
                       image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225],
                       do_convert_rgb=True).save_pretrained(path)
     return path
-
-
-def _takes_attn_kw() -> bool:
-    import inspect
-
-    from transformers import Dinov2Model
-
-    return "attn_implementation" in inspect.signature(Dinov2Model.__init__).parameters
 
 
 def write_jpegs(root: Path, n: int, size: tuple[int, int] = (640, 480), seed: int = 0) -> list[dict[str, str]]:

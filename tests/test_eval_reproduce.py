@@ -93,7 +93,9 @@ def test_reproduce_resumes_after_interruption(grid_config: Path, tmp_path: Path,
 
     def interrupted_train(cfg):  # the third training is interrupted (Ctrl-C)
         calls.append(cfg.out)
-        if len(calls) == 3:
+        if len(calls) == 3:  # half-way: the run folder exists, the model does not
+            Path(cfg.out).mkdir(parents=True)
+            (Path(cfg.out) / "train_log.jsonl").write_text('{"epoch": 1}\n')
             raise KeyboardInterrupt
         return real_train(cfg)
 
@@ -115,7 +117,7 @@ def test_reproduce_resumes_after_interruption(grid_config: Path, tmp_path: Path,
     assert "5 cell(s) run, 6 already finished, 0 failed" in printed
 
     tables = (out / "tables.md").read_text()
-    assert "| | FMD | FMD (paper) | Google-test | Google-test (paper) |" in tables
+    assert "|  | FMD | FMD (paper) | Google-test | Google-test (paper) |" in tables
     assert "| CLIP |" in tables and "| Ours |" in tables and "| MatSim (paper only) |" in tables
     assert "| 0.89 |" in tables  # the paper's FMD accuracy beside ours
     assert "| head |" in tables and "| full |" in tables and "0.79\\|0.88" in tables  # mIoU|mAcc cells

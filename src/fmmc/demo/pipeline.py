@@ -228,7 +228,7 @@ def run_demo(cfg: DemoConfig, notify: Callable[[str], None] | None = None) -> De
 
     # 4. evaluate on the held-out photos
     t = time.time()
-    result = evaluate(runs, info, models, image_size, cache, cfg, images, catalog, out)
+    result = evaluate(runs, info, models, cache, cfg, images, catalog, out)
     timing["evaluate"] = time.time() - t
     images.close()
 
@@ -271,8 +271,8 @@ def run_demo(cfg: DemoConfig, notify: Callable[[str], None] | None = None) -> De
                                              "confusion": out / "confusion.png", "dataset": info.root})
 
 
-def evaluate(runs: dict[str, Path], info: DatasetInfo, models: dict[str, str], image_size: int, cache: Path,
-             cfg: DemoConfig, images: SourceImages, catalog: Catalog, out: Path) -> dict[str, Any]:
+def evaluate(runs: dict[str, Path], info: DatasetInfo, models: dict[str, str], cache: Path, cfg: DemoConfig,
+             images: SourceImages, catalog: Catalog, out: Path) -> dict[str, Any]:
     """Predictions of every run on the test split (one shared encoder, cached features), plus the samples."""
     from fmmc.data.dataset import load_dataset
     from fmmc.encoder import build_encoder
@@ -281,14 +281,17 @@ def evaluate(runs: dict[str, Path], info: DatasetInfo, models: dict[str, str], i
 
     labels = info.labels
     test = load_dataset(info.root, split="test")
-    encoder = build_encoder("both", models["backbone"], models["text_encoder"],
-                            models["describer"], image_size=image_size, batch_size=16, cache_dir=cache)
+    # one encoder for every head, built as the two-stream run was trained (same features, from the cache)
+    c = MaterialClassifier.from_pretrained(runs["both"] / "model").config
+    encoder = build_encoder("both", c["backbone"], c["text_encoder"], c["describer"], image_size=c["image_size"],
+                            pooling=c["pooling"], min_coverage=c["min_coverage"], dtype=c["dtype"], batch_size=16,
+                            cache_dir=cache)
     truth = np.array([labels.index(r.label) for r in test])
     streams_out, confusion, preds_by = {}, {}, {}
     for streams, run in runs.items():
         base = MaterialClassifier.from_pretrained(run / "model")
         model = MaterialClassifier(base.config, base.head, encoder=encoder)
-        label_idx = [base.taxonomy.index(c) for c in labels]
+        label_idx = [base.taxonomy.index(lab) for lab in labels]
         preds, failures = model.predict_regions(test, classes=labels, progress=cfg.progress)
         if failures:
             raise RuntimeError(f"{len(failures)} test regions failed, first: {failures[0]}")

