@@ -1,6 +1,8 @@
 """Builders for the evaluation tests: small test sets in every layout, tiny models, a fake OpenAI server.
 
-    from fixtures_eval import write_fmd, write_dms, write_folder, make_tiny_clip, openai_server
+    from fixtures_eval import write_fmd, write_dms, write_folder, make_tiny_clip, openai_server, shared
+
+    clip_dir = shared("clip", make_tiny_clip)   # built once per session, reused by every module
 
 Images are solid colours with a little noise, one colour per class (``COLORS``), so a test can predict
 what a colour-reading fake VLM will answer; the object is a centred rectangle (the mask).
@@ -145,6 +147,22 @@ def make_tiny_clip(path: Path, seed: int = 0) -> Path:
     image_processor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
     CLIPProcessor(image_processor=image_processor, tokenizer=tok).save_pretrained(path)
     return path
+
+
+_SHARED: dict[str, Path] = {}
+
+
+def shared(name: str, build: Callable[[Path], Path]) -> Path:
+    """``build(dir)`` once per test session (a temp dir removed at exit), shared by every test module."""
+    if name not in _SHARED:
+        import atexit
+        import shutil
+        import tempfile
+
+        root = Path(tempfile.mkdtemp(prefix=f"fmmc-test-{name}-"))
+        atexit.register(shutil.rmtree, root, True)
+        _SHARED[name] = build(root / name)
+    return _SHARED[name]
 
 
 def decode_images(body: dict[str, Any]) -> list[Image.Image]:

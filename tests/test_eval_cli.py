@@ -6,7 +6,15 @@ import json
 from pathlib import Path
 
 import pytest
-from fixtures_eval import make_tiny_clip, make_tiny_dinov2, write_dms, write_fmd, write_folder, write_train
+from fixtures_eval import (
+    make_tiny_clip,
+    make_tiny_dinov2,
+    shared,
+    write_dms,
+    write_fmd,
+    write_folder,
+    write_train,
+)
 
 from fmmc.cli.main import main
 
@@ -18,7 +26,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("eval_world")
     w = {"root": root, "train": write_train(root / "train", n=6), "fmd": write_fmd(root / "fmd", n=3),
          "dms": write_dms(root / "dms", n=2), "folder": write_folder(root / "google"),
-         "dino": make_tiny_dinov2(root / "dino"), "clip": make_tiny_clip(root / "clip"), "cache": root / "cache"}
+         "dino": make_tiny_dinov2(root / "dino"), "clip": shared("clip", make_tiny_clip), "cache": root / "cache"}
     (root / "tax3.json").write_text(json.dumps({"name": "three", "classes": ["metal", "wood", "fabric"]}))
     rc = main(["train", "--data", str(w["train"]), "--out", str(root / "run"), "--backbone", f"hf:{w['dino']}",
                "--text-encoder", f"hf:{w['clip']}", "--describer", "metadata", "--epochs", "20", "--quiet",

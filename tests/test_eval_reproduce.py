@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from fixtures_eval import make_tiny_clip, make_tiny_dinov2, write_fmd, write_folder, write_train
+from fixtures_eval import make_tiny_clip, make_tiny_dinov2, shared, write_fmd, write_folder, write_train
 
 import fmmc.evaluation.reproduce as reproduce
 from fmmc.cli.main import main
@@ -56,7 +56,7 @@ def grid_config(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("grid")
     paths = {"train": write_train(root / "train", n=6), "fmd": write_fmd(root / "fmd", n=2),
              "google": write_folder(root / "google", n=2), "dino": make_tiny_dinov2(root / "dino"),
-             "dino2": make_tiny_dinov2(root / "dino2", seed=1), "clip": make_tiny_clip(root / "clip")}
+             "dino2": make_tiny_dinov2(root / "dino2", seed=1), "clip": shared("clip", make_tiny_clip)}
     cfg = root / "grid.yaml"
     cfg.write_text(CONFIG.format(**paths))
     return cfg
@@ -147,4 +147,5 @@ def test_reproduce_resumes_after_interruption(grid_config: Path, tmp_path: Path,
 def test_dry_run(grid_config: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]):
     assert main(["reproduce", str(grid_config), "--out", str(tmp_path / "r"), "--dry-run", "--only", "masks"]) == 0
     text = capsys.readouterr().out
-    assert "masks/null mask/FMD" in text and "11 cells, 9 models" in text and not (tmp_path / "r").exists()
+    assert "masks/null mask/FMD" in text and "11 cells, 8 models (9 cells need training)" in text
+    assert "streams/vision/Google-test" not in text and not (tmp_path / "r").exists()

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from fixtures_eval import decode_images, make_tiny_clip, nearest_class, openai_server, write_fmd
+from fixtures_eval import decode_images, make_tiny_clip, nearest_class, openai_server, shared, write_fmd
 from PIL import Image
 
 from fmmc.cli.main import main
@@ -16,7 +16,7 @@ from fmmc.evaluation.zeroshot_clip import ClipZeroShot, masked_crop
 
 @pytest.fixture(scope="module")
 def tiny_clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_tiny_clip(tmp_path_factory.mktemp("tiny_clip"))
+    return shared("clip", make_tiny_clip)
 
 
 @pytest.fixture(scope="module")
