@@ -43,11 +43,12 @@ def run(args: argparse.Namespace) -> int:
         print(f"{len(cells)} cells, {len(models)} models ({sum(c.train is not None for c in cells)} cells need training)")
         return 0
     from fmmc.evaluation.reproduce import run_grid
-    from fmmc.evaluation.tables import print_tables
+    from fmmc.evaluation.tables import tables_text
 
-    result = run_grid(cfg, fail_fast=args.fail_fast, progress=not args.quiet, only=only)
+    result = run_grid(cfg, fail_fast=args.fail_fast, progress=not args.quiet, only=only,
+                      echo=lambda line: print(line, flush=True))
     print()
-    print(print_tables(result, cfg))
+    print(tables_text(result, cfg))
     skipped = len(result.results) - len(result.ran)
     print(f"{len(result.ran)} cell(s) run, {skipped} already finished, {len(result.failed)} failed; "
           f"report: {result.out / 'report.md'}")

@@ -174,12 +174,20 @@ def _figures(ev: Evaluation, tmp: Path) -> dict[str, str]:
         mat = np.concatenate([mat, abst[rows, None]], axis=1)
         col_names.append("(no answer)")
     out = {}
-    name = Path(str(m.get("model", ""))).name or str(m.get("model", ""))
+    name = _short_name(str(m.get("model", "")))
     if confusion_png(mat, [labels[i] for i in rows], col_names, tmp / "confusion.png", title=f"{name} on {ev.test_set.kind}"):
         out["confusion"] = "confusion.png"
     if reliability_png(m["calibration"], m["ece"], tmp / "reliability.png"):
         out["reliability"] = "reliability.png"
     return out
+
+
+def _short_name(spec: str) -> str:
+    """A figure title for a model: ``runs/x/model`` -> ``x/model``; zero-shot specs without options."""
+    if spec.startswith("zeroshot:"):
+        return spec.split("?", 1)[0][-60:]
+    p = Path(spec)
+    return f"{p.parent.name}/{p.name}" if p.parent.name else p.name
 
 
 def run_eval(model: str | Any, data: str, out: str | Path | None, settings: EvalSettings | None = None,

@@ -68,7 +68,7 @@ def reliability_png(calibration: dict[str, Any], ece: float, path: Path, title: 
     ax.plot([0, 1], [0, 1], "--", color="grey", linewidth=1, label="perfect calibration")
     ok = count > 0
     ax.bar(centers[ok], acc[ok], width=1 / n_bins, edgecolor="black", alpha=0.7, label="accuracy")
-    ax.plot(conf[ok], acc[ok], "o", color="tab:red", markersize=3, label="mean confidence")
+    ax.plot(conf[ok], acc[ok], "o", color="tab:red", markersize=3, label="bin (mean confidence, accuracy)")
     ax.set_ylim(0, 1)
     ax.set_ylabel("accuracy")
     ax.set_title(title or f"reliability (ECE {ece:.3f}, {n_bins} bins)", fontsize=9)

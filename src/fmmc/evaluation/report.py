@@ -90,9 +90,10 @@ def eval_report(ev: Any, figures: dict[str, str], meta: dict[str, Any]) -> str:
         parts += ["**Notes**", ""] + [f"- {n}" for n in notes] + [""]
     per = m["per_class"]
     rows = [[c, v["support"], v["tp"], fmt(v["precision"]), fmt(v["recall"]), fmt(v["iou"])] for c, v in per.items()]
-    parts += ["## Per class", "", md_table(("class", "support", "correct", "precision", "recall (acc)", "IoU"), rows),
-              "", "Classes with support 0 were predicted but are absent from the test set; they are left out of "
-              "mAcc and mIoU.", ""]
+    parts += ["## Per class", "", md_table(("class", "support", "correct", "precision", "recall (acc)", "IoU"), rows), ""]
+    if any(v["support"] == 0 for v in per.values()):
+        parts += ["Classes with support 0 were predicted but are absent from the test set; they are left out of "
+                  "mAcc and mIoU.", ""]
     if "confusion" in figures:
         parts += ["## Confusion matrix", "", f"![confusion matrix]({figures['confusion']})", ""]
     if "reliability" in figures:

@@ -27,6 +27,7 @@ import logging
 import os
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -92,8 +93,10 @@ def _train_data(spec: str, out: Path, cache_dir: Path) -> str:
 
 
 class GridRunner:
-    def __init__(self, cfg: GridConfig, out: Path | None = None, fail_fast: bool = False, progress: bool = True) -> None:
+    def __init__(self, cfg: GridConfig, out: Path | None = None, fail_fast: bool = False, progress: bool = True,
+                 echo: Callable[[str], None] | None = None) -> None:
         self.cfg = cfg
+        self.echo = echo or log.info  # progress lines (the CLI prints them)
         self.out = Path(out or cfg.out)
         self.fail_fast = fail_fast
         self.progress = progress
@@ -185,7 +188,7 @@ class GridRunner:
             if not todo:
                 log.info("[%d/%d] %s: all %d cell(s) already finished", n, len(groups), model_id, len(group))
                 continue
-            print(f"[{n}/{len(groups)}] {model_id}: {len(todo)} cell(s) to run", flush=True)
+            self.echo(f"[{n}/{len(groups)}] {model_id}: {len(todo)} cell(s) to run")
             self._run_group(todo, result)
         return result
 
@@ -223,15 +226,15 @@ class GridRunner:
             result.results[c.cell_id] = rec
             result.ran.append(c.cell_id)
             m = metrics
-            print(f"  {c.cell_id}: acc {m['acc']:.3f}  mAcc {m['macc']:.3f}  mIoU {m['miou']:.3f}", flush=True)
+            self.echo(f"  {c.cell_id}: acc {m['acc']:.3f}  mAcc {m['macc']:.3f}  mIoU {m['miou']:.3f}")
 
 
 def run_grid(cfg: GridConfig, out: str | Path | None = None, fail_fast: bool = False, progress: bool = True,
-             only: list[str] | None = None) -> GridResult:
-    """Run (or resume) every cell, then write the tables and the report."""
+             only: list[str] | None = None, echo: Callable[[str], None] | None = None) -> GridResult:
+    """Run (or resume) every cell, then write the tables and the report; ``echo`` receives progress lines."""
     from fmmc.evaluation.tables import write_tables
 
-    runner = GridRunner(cfg, Path(out) if out else None, fail_fast=fail_fast, progress=progress)
+    runner = GridRunner(cfg, Path(out) if out else None, fail_fast=fail_fast, progress=progress, echo=echo)
     result = runner.run(only=only)
     write_tables(cfg, result)
     return result

@@ -150,7 +150,7 @@ def write_tables(cfg: GridConfig, result: Any) -> Path:
     return out / "report.md"
 
 
-def print_tables(result: Any, cfg: GridConfig) -> str:
+def tables_text(result: Any, cfg: GridConfig) -> str:
     """The tables as plain text for the console (ours, then the paper's in parentheses)."""
     from fmmc.evaluation.report import text_table
 
