@@ -9,14 +9,19 @@ num_attention_heads=12, patch_size=14, image_size=518)``, sdpa attention), writt
 to a temp dir and loaded as ``hf:<dir>``, so fmmc's real loading and extraction path runs
 (:meth:`fmmc.vision.extractor.FeatureExtractor.extract_regions`, feature cache off) at 448x448 (32x32 patches).
 
-Every measurement runs in a fresh subprocess (its own peak RSS, no warm caches shared), in one run:
+Measured in one run, each phase in a fresh subprocess:
 
-* the fp32 (and bf16) matmul ceiling: 2048^3 matmuls on ``--threads`` threads, before and after the models;
-* model GFLOP per image, counted by ``torch.utils.flop_counter.FlopCounterMode`` over one forward;
-* fmmc fp32 and bf16 (autocast) extraction: images/s, model FLOP/s and its ratio to the ceiling;
-* a naive loop as a user would write it: ``AutoImageProcessor`` (448x448, no crop) + ``AutoModel``, one
-  image per call, masked max-pool in torch afterwards;
-* the min cosine between bf16 and fp32 pooled features (and between fmmc and the naive loop).
+* the fp32 and bf16 matmul ceilings: 2048^3 matmuls on ``--threads`` threads, standalone before and after,
+  and inside every timing round;
+* model GFLOP per image, counted by ``torch.utils.flop_counter.FlopCounterMode`` over one forward (CPU
+  flash attention added with torch's own sdpa formula) and checked against an analytic count;
+* timing, as interleaved A/B rounds (each round: one batch through every path plus a ceiling probe, in a
+  shuffled order, so every path sees the same background load; ratios are taken within a round):
+  the bare model forward on ready tensors (the bound for any extraction path); fmmc fp32, fp32 with
+  ``compile=True`` (torch.compile) and bf16 (autocast); and a naive loop as a user would write it,
+  ``AutoImageProcessor`` (448x448, no crop) + ``AutoModel``, one image per call, masked max-pool after;
+* peak RSS of each path alone (``ru_maxrss`` of a process that loads it and runs one batch);
+* min cosine between bf16 and fp32 pooled features (and compiled vs eager, fmmc vs the naive loop).
 
 Timings drift on shared machines: compare the ratios printed by one run, not absolute figures across runs.
 """
@@ -180,10 +185,22 @@ class Naive:
 
 def _methods(args: argparse.Namespace) -> dict[str, Any]:
     """name -> callable(regions) -> features [n, C]; fmmc fp32 and bf16 share one backbone."""
+    import torch
+
     from fmmc.vision.extractor import FeatureExtractor
 
     fp32 = _extractor(args, "fp32")
-    methods: dict[str, Any] = {"fmmc_fp32": lambda rs: _run_fmmc(fp32, rs)}
+    pixels = torch.randn(args.batch_size, 3, args.image_size, args.image_size)
+
+    def forward_only(rs: list[Any]) -> None:
+        with torch.inference_mode():
+            fp32.backbone(pixels[: len(rs)])
+
+    # the bare model forward on ready tensors: the ceiling of any extraction path with this model
+    methods: dict[str, Any] = {"forward": forward_only, "fmmc_fp32": lambda rs: _run_fmmc(fp32, rs)}
+    if not args.no_compile:
+        compiled = FeatureExtractor(fp32.backbone, pooling="max", batch_size=args.batch_size, cache=None, compile=True)
+        methods["fmmc_fp32_compiled"] = lambda rs: _run_fmmc(compiled, rs)
     if not args.no_bf16:
         bf16 = FeatureExtractor(fp32.backbone, pooling="max", batch_size=args.batch_size, dtype="bf16", cache=None)
         methods["fmmc_bf16"] = lambda rs: _run_fmmc(bf16, rs)
@@ -224,8 +241,11 @@ def phase_timing(args: argparse.Namespace) -> dict[str, Any]:
     methods = _methods(args)
     regions = _regions(args)
     chunks = [regions[i : i + args.batch_size] for i in range(0, len(regions), args.batch_size)]
-    for fn in methods.values():
-        fn(chunks[0])  # warm-up: oneDNN kernels, allocator
+    warmup = {}
+    for name, fn in methods.items():
+        t = time.perf_counter()
+        fn(chunks[0])  # warm-up: oneDNN kernels, allocator (and the compile)
+        warmup[name] = time.perf_counter() - t
     rng = random.Random(0)
     rounds: list[dict[str, Any]] = []
     feats: dict[str, list[Any]] = {k: [] for k in methods}
@@ -244,8 +264,9 @@ def phase_timing(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
     for name, parts in feats.items():
-        np.save(Path(args.workdir) / f"feats_{name}.npy", torch.cat(parts).float().numpy())
-    return {"rounds": rounds}
+        if parts and parts[0] is not None:
+            np.save(Path(args.workdir) / f"feats_{name}.npy", torch.cat(parts).float().numpy())
+    return {"rounds": rounds, "warmup_s": warmup}
 
 
 def phase_rss(args: argparse.Namespace) -> dict[str, Any]:
@@ -266,6 +287,7 @@ def run_phase(args: argparse.Namespace, name: str, method: str = "") -> dict[str
            "--batch-size", str(args.batch_size), "--image-size", str(args.image_size), "--method", method]
     cmd += ["--no-naive"] if args.no_naive else []
     cmd += ["--no-bf16"] if args.no_bf16 else []
+    cmd += ["--no-compile"] if args.no_compile else []
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
                TRANSFORMERS_VERBOSITY="error", HF_HUB_DISABLE_PROGRESS_BARS="1")
     subprocess.run(cmd, check=True, env=env)
@@ -314,8 +336,8 @@ def summarize_rounds(rounds: list[dict[str, Any]], gflop: float) -> dict[str, di
     return out
 
 
-NAMES = {"naive": "naive loop (processor + model, 1 img/call)", "fmmc_fp32": "fmmc extract_regions fp32",
-         "fmmc_bf16": "fmmc extract_regions bf16 autocast"}
+NAMES = {"forward": "bare model forward (tensors ready, no I/O)", "naive": "naive loop (processor + model, 1 img/call)", "fmmc_fp32": "fmmc extract_regions fp32",
+         "fmmc_bf16": "fmmc extract_regions bf16 autocast", "fmmc_fp32_compiled": "fmmc extract_regions fp32 compile=True"}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -327,6 +349,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--reps", type=int, default=7, help="matmuls timed for the standalone ceiling (median)")
     p.add_argument("--no-naive", action="store_true", help="skip the naive loop")
     p.add_argument("--no-bf16", action="store_true", help="skip the bf16 run")
+    p.add_argument("--no-compile", action="store_true", help="skip the torch.compile run (saves its 15-30 s compile)")
     p.add_argument("--no-rss", action="store_true", help="skip the per-method peak-memory processes")
     p.add_argument("--json", help="also write all figures to this JSON file")
     # internal: one phase in a child process
@@ -357,6 +380,7 @@ def main(argv: list[str] | None = None) -> int:
         res["ceiling_after"] = run_phase(args, "ceiling")
         methods = ["fmmc_fp32"] + ([] if args.no_bf16 else ["fmmc_bf16"]) + ([] if args.no_naive else ["naive"])
         res["rss"] = {} if args.no_rss else {m: run_phase(args, "rss", m)["peak_rss_mib"] for m in methods}
+        methods += [] if args.no_compile else ["fmmc_fp32_compiled"]
         feats = {k: np.load(work / f"feats_{k}.npy") for k in methods}
 
     gflop = res["flops"]["gflop_per_image"]
@@ -388,6 +412,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{NAMES[k]:<44}{r['img_per_s']:>7.3f}{r['gflop_per_s']:>9.1f}{of:>22}{vs:>21}{rss:>11}")
     if "fmmc_bf16" in rows:
         print(f"(bf16 autocast: {rows['fmmc_bf16']['of_bf16_ceiling']:.2f} of the bf16 matmul ceiling)")
+    fwd = np.median([r["fmmc_fp32"] / r["forward"] for r in rounds])
+    summary["fmmc_vs_forward"] = float(fwd)
+    print(f"fmmc fp32 end to end (JPEG decode, resize, masks, pooling) = {fwd:.2f} of the bare forward's rate")
+    if "fmmc_fp32_compiled" in rows:
+        print(f"compile=True: one-off warm-up (compile) {res['timing']['warmup_s']['fmmc_fp32_compiled']:.0f} s, then "
+              f"{np.median([r['fmmc_fp32_compiled'] / r['fmmc_fp32'] for r in rounds]):.2f}x the eager fp32 rate")
     print()
     checks = []
     if "fmmc_bf16" in feats:
@@ -395,14 +425,23 @@ def main(argv: list[str] | None = None) -> int:
         summary["bf16_cosine"] = {"min": float(cos.min()), "mean": float(cos.mean())}
         print(f"bf16 vs fp32 pooled features: min cosine {cos.min():.5f} (mean {cos.mean():.5f}) over {len(cos)} regions")
         checks.append(("bf16 pooled features keep cosine >= 0.999 to fp32", bool(cos.min() >= 0.999)))
+    if "fmmc_fp32_compiled" in feats:
+        cos = cosines(feats["fmmc_fp32"], feats["fmmc_fp32_compiled"])
+        summary["compiled_cosine"] = {"min": float(cos.min())}
+        print(f"compiled vs eager fp32 pooled features: min cosine {cos.min():.6f}")
     if "naive" in feats:
         cos = cosines(feats["fmmc_fp32"], feats["naive"])
         summary["naive_cosine"] = {"min": float(cos.min()), "mean": float(cos.mean())}
         print(f"fmmc fp32 vs naive pooled features: min cosine {cos.min():.4f} (mean {cos.mean():.4f}; same model, "
               "different JPEG decode/resize and mask-to-grid rule)")
     checks.append(("fmmc fp32 >= 0.8 of the fp32 matmul ceiling", rows["fmmc_fp32"]["of_fp32_ceiling"] >= 0.8))
+    if "fmmc_fp32_compiled" in rows:
+        checks.append(("fmmc fp32 compile=True >= 0.8 of the fp32 matmul ceiling",
+                       rows["fmmc_fp32_compiled"]["of_fp32_ceiling"] >= 0.8))
     if "naive" in rows:
         checks.append(("fmmc fp32 >= 2x the naive loop at the same 448 input", rows["fmmc_fp32"]["vs_naive"] >= 2))
+        if "fmmc_fp32_compiled" in rows:
+            checks.append(("fmmc fp32 compile=True >= 2x the naive loop", rows["fmmc_fp32_compiled"]["vs_naive"] >= 2))
         if "fmmc_bf16" in rows:
             checks.append(("fmmc bf16 >= 2x the naive loop (fp32)", rows["fmmc_bf16"]["vs_naive"] >= 2))
     for text, ok in checks:

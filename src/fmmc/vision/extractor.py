@@ -71,10 +71,15 @@ class FeatureExtractor:
         device: str = "cpu",
         cache: FeatureCache | None = None,
         prefetch: bool = True,
+        compile: bool = False,
     ) -> None:
+        """``compile=True`` runs inference forwards through ``torch.compile`` (inductor): about 15% faster for
+        DINOv2-B on CPU after a one-off compile of 15-30 s, so it pays off from a few hundred images. Every
+        compiled forward runs a full ``batch_size`` batch (short batches are padded) to avoid recompiles."""
         if dtype not in DTYPES:
             raise ValueError(f"dtype {dtype!r}: choose one of {list(DTYPES)}")
         self.backbone = backbone.to(device)
+        self._compiled = torch.compile(self.backbone, dynamic=False) if compile else None
         self.pre: Preprocess = backbone.preprocess
         self.pooling = pooling
         self.min_coverage = min_coverage
@@ -106,9 +111,15 @@ class FeatureExtractor:
         pixels = pixels.to(self.device, non_blocking=True)
         ctx = (torch.autocast(self.device.type, dtype=DTYPES[self.dtype]) if self.dtype != "fp32"
                else contextlib.nullcontext())
+        n = pixels.shape[0]
+        forward = self.backbone
+        if self._compiled is not None and not torch.is_grad_enabled():  # training (mode=full) stays eager
+            forward = self._compiled
+            if n < self.batch_size:  # one static shape: no recompile for the last, shorter batch
+                pixels = torch.cat([pixels, pixels.new_zeros((self.batch_size - n, *pixels.shape[1:]))])
         with ctx:
-            out = as_output(self.backbone(pixels))
-        fmap, cls = out.feature_map, out.cls
+            out = as_output(forward(pixels))
+        fmap, cls = out.feature_map[:n], None if out.cls is None else out.cls[:n]
         if index is not None:
             index = index.to(fmap.device)
             fmap = fmap.index_select(0, index)
