@@ -1,7 +1,7 @@
 """Feature extraction end to end: JPEG files on disk -> pooled DINOv2-B/14 features, against this CPU's ceiling.
 
-    python benchmarks/bench_extract.py                        # 16 JPEGs, batch 4, fp32 + bf16 + naive loop
-    python benchmarks/bench_extract.py --n 32 --batch-size 8  # longer, steadier
+    python benchmarks/bench_extract.py                        # 16 JPEGs, batch 4, all paths (~3-4 min)
+    python benchmarks/bench_extract.py --n 32 --batch-size 8  # more rounds, another batch size
     python benchmarks/bench_extract.py --no-naive --json out.json
 
 The model is DINOv2 ViT-B/14 with random weights (``Dinov2Config(hidden_size=768, num_hidden_layers=12,
@@ -149,7 +149,7 @@ def phase_flops(args: argparse.Namespace) -> dict[str, Any]:
     n, d, f = 1 + (args.image_size // cfg.patch_size) ** 2, cfg.hidden_size, int(cfg.hidden_size * cfg.mlp_ratio)
     analytic = cfg.num_hidden_layers * (2 * n * (4 * d * d + 2 * d * f) + 4 * n * n * d) + 2 * (n - 1) * 3 * cfg.patch_size**2 * d
     return {"gflop_per_image": fc.get_total_flops() / 1e9, "analytic_gflop": analytic / 1e9, "tokens": n,
-            "attn_implementation": getattr(cfg, "_attn_implementation", "?")}
+            "attn_implementation": getattr(cfg, "_attn_implementation", "?"), "forward_batch": ex.forward_batch}
 
 
 class Naive:
@@ -194,7 +194,8 @@ def _methods(args: argparse.Namespace) -> dict[str, Any]:
 
     def forward_only(rs: list[Any]) -> None:
         with torch.inference_mode():
-            fp32.backbone(pixels[: len(rs)])
+            for i in range(0, len(rs), fp32.forward_batch):  # as many images per call as fmmc's path uses
+                fp32.backbone(pixels[i : min(len(rs), i + fp32.forward_batch)])
 
     # the bare model forward on ready tensors: the ceiling of any extraction path with this model
     methods: dict[str, Any] = {"forward": forward_only, "fmmc_fp32": lambda rs: _run_fmmc(fp32, rs)}
@@ -336,14 +337,14 @@ def summarize_rounds(rounds: list[dict[str, Any]], gflop: float) -> dict[str, di
     return out
 
 
-NAMES = {"forward": "bare model forward (tensors ready, no I/O)", "naive": "naive loop (processor + model, 1 img/call)", "fmmc_fp32": "fmmc extract_regions fp32",
+NAMES = {"forward": "bare model forward (ready tensors, no I/O)", "naive": "naive loop (processor + model, 1 img/call)", "fmmc_fp32": "fmmc extract_regions fp32",
          "fmmc_bf16": "fmmc extract_regions bf16 autocast", "fmmc_fp32_compiled": "fmmc extract_regions fp32 compile=True"}
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     p.add_argument("--n", type=int, default=16, help="JPEGs per method (default 16); n / batch-size rounds")
-    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--batch-size", type=int, default=4, help="extraction batch (default 4)")
     p.add_argument("--image-size", type=int, default=448)
     p.add_argument("--threads", type=int, default=2, help="torch threads for every phase (default 2)")
     p.add_argument("--reps", type=int, default=7, help="matmuls timed for the standalone ceiling (median)")
@@ -391,7 +392,7 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"\nDINOv2-B/14 (random weights, {res['flops']['attn_implementation']} attention) at "
           f"{args.image_size}x{args.image_size} = {res['flops']['tokens']} tokens; {args.n} JPEGs 640x480 + mask PNGs; "
-          f"batch {args.batch_size}; torch {torch.__version__}, {args.threads} threads; {_cpu_name()}, {os.cpu_count()} CPUs")
+          f"batch {args.batch_size} (fmmc forward_batch {res['flops']['forward_batch']}); torch {torch.__version__}, {args.threads} threads; {_cpu_name()}, {os.cpu_count()} CPUs")
     print(f"model: {gflop:.1f} GFLOP per image (FlopCounterMode over one forward; analytic count "
           f"{res['flops']['analytic_gflop']:.1f})")
     for d in ("fp32", "bf16"):

@@ -67,6 +67,9 @@ def test_scene_operations_have_the_right_shapes():
     photo = Image.fromarray(rng.integers(0, 255, (300, 500, 3), dtype=np.uint8))
     view = random_view(photo, 96, rng)
     assert view.size == (96, 96) and view.mode == "RGB"
+    square = Image.fromarray(rng.integers(0, 255, (60, 60, 3), dtype=np.uint8))
+    for seed in range(300):  # the largest rotated crop of a square photo fits exactly (rounding must not break it)
+        assert random_view(square, 32, np.random.default_rng(seed), scale=(0.9, 1.0)).size == (32, 32)
     masks = [blob_mask(128, np.random.default_rng(k), area=(0.15, 0.4)) for k in range(20)]
     areas = [m.mean() for m in masks]
     assert 0.08 < min(areas) and max(areas) < 0.6
@@ -105,7 +108,7 @@ def test_each_scene_has_two_complementary_masked_regions(fallback_dataset):
     for r in regions:
         by_image.setdefault(r.image, []).append(r)
         assert r.description and r.label
-    for image, rs in by_image.items():
+    for rs in by_image.values():
         assert sorted(r.extra["role"] for r in rs) == ["background", "object"]
         a, b = (np.asarray(Image.open(r.mask)) > 0 for r in rs)
         assert a.shape == (64, 64) and not (a & b).any() and (a | b).all()

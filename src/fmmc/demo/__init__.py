@@ -11,6 +11,7 @@ or from Python::
     >>> result.metrics["accuracy"]                                    # doctest: +SKIP
 
 Pieces: :mod:`fmmc.demo.sources` (which photos, fetched how), :mod:`fmmc.demo.scenes` (composite
-scenes, split by photo), :mod:`fmmc.demo.metrics` (accuracy from a confusion matrix),
-:mod:`fmmc.demo.report` (report.md, plots), :mod:`fmmc.demo.pipeline` (the steps in order).
+scenes, split by photo), :mod:`fmmc.demo.report` (report.md, the scene mosaic),
+:mod:`fmmc.demo.pipeline` (the steps in order). Metrics and the confusion-matrix plot come from
+:mod:`fmmc.evaluation`. The photo catalogue and the model presets are data files in ``fmmc/demo/data``.
 """

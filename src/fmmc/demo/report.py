@@ -79,11 +79,14 @@ def write_report(path: str | Path, r: dict[str, Any]) -> Path:
                     for c in data["classes"]]), ""]
     out += ["Licences: " + "; ".join(f"{k} {v['licence']}" for k, v in data["licences"].items()) + ".", ""]
     out += ["## Accuracy on the test split (held-out photos)", ""]
-    out += [_table(["streams", "accuracy", "95% interval", "mean class accuracy", "top-3 accuracy", "test regions"],
+    out += [_table(["streams", "accuracy", "95% interval", "mean class accuracy", "top-3 accuracy", "ECE",
+                    "test regions"],
                    [[STREAM_NAMES.get(k, k), _fmt(v["accuracy"]), _interval(v.get("ci95", {}).get("acc")),
-                     _fmt(v["mean_class_accuracy"]), _fmt(v.get("top3")), v["n"]] for k, v in streams.items()]), ""]
+                     _fmt(v["mean_class_accuracy"]), _fmt(v.get("top3")), _fmt(v.get("ece")), v["n"]]
+                    for k, v in streams.items()]), ""]
     out += ["The interval is a percentile bootstrap over test regions; regions of one photo are correlated, so "
-            "the real uncertainty (which photos were held out) is wider.", ""]
+            "the real uncertainty (which photos were held out) is wider. ECE: expected calibration error of the "
+            "top probability (15 bins); the heads are not temperature-calibrated (see the caveats).", ""]
     out += ["Per class (accuracy = recall of the class):", ""]
     out += [_table(["class", "support"] + [STREAM_NAMES.get(k, k) for k in streams],
                    [[c, main["per_class"][c]["support"]] + [_fmt(streams[k]["per_class"].get(c, {}).get("accuracy"))
@@ -110,6 +113,8 @@ def write_report(path: str | Path, r: dict[str, Any]) -> Path:
             "for a VLM describer: every crop of a photo gets one of its photo's two sentences.",
             "- There are only a few photos per class, so accuracy depends on which photos are held out; "
             "try other `--seed` values for the spread.",
+            "- Probabilities are the heads' plain softmax (temperature 1): the validation split shares photos with "
+            "training, so a temperature fitted on it would only make them more confident.",
             "- The photos are textures, not scenes of objects; the paper's test sets (FMD, DMS) are much harder.", ""]
     path = Path(path)
     path.write_text("\n".join(out))

@@ -98,9 +98,9 @@ def random_view(img: Image.Image, size: int, rng: np.random.Generator,
     angle = float(rng.uniform(-20, 20))
     spread = abs(math.cos(math.radians(angle))) + abs(math.sin(math.radians(angle)))
     side = min(float(rng.uniform(*scale)) * short, short / spread)  # the rotated crop must fit the photo
-    outer = side * spread
-    x0 = float(rng.uniform(0, w - outer))
-    y0 = float(rng.uniform(0, h - outer))
+    outer = min(side * spread, short)  # (rounding could push it a hair past the photo)
+    x0 = float(rng.uniform(0, max(0.0, w - outer)))
+    y0 = float(rng.uniform(0, max(0.0, h - outer)))
     out_outer = max(size, int(math.ceil(size * spread)) + 2)
     # resize first (cheap on large photos), then rotate and take the centre
     patch = img.resize((out_outer, out_outer), Image.BICUBIC, box=(x0, y0, x0 + outer, y0 + outer), reducing_gap=2.0)

@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 
 _RESAMPLE = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR, "nearest": Image.NEAREST, "lanczos": Image.LANCZOS}
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+CPU_PIXELS_PER_CALL = 4 * 224 * 224  # default forward_batch on CPU: see FeatureExtractor
 
 
 @dataclass
@@ -72,20 +73,42 @@ class FeatureExtractor:
         cache: FeatureCache | None = None,
         prefetch: bool = True,
         compile: bool = False,
+        forward_batch: int | None = None,
+        channels_last: bool | None = None,
     ) -> None:
-        """``compile=True`` runs inference forwards through ``torch.compile`` (inductor): about 15% faster for
-        DINOv2-B on CPU after a one-off compile of 15-30 s, so it pays off from a few hundred images. Every
-        compiled forward runs a full ``batch_size`` batch (short batches are padded) to avoid recompiles."""
+        """``batch_size`` regions are loaded (in a prefetch thread), cached and pooled together; the backbone
+        sees ``forward_batch`` images per call during inference. Default on CPU: about 200k input pixels per
+        call (4 images at 224, 1 at 320 or 448), where activations stay in cache; measured on 2 cores, that is
+        2.7x faster than 16 per call for EfficientNet-Lite0 at 320 and 1.1x faster than 4 for DINOv2-B/14 at
+        448, while small inputs (112) keep full batches. Elsewhere (GPU): ``batch_size``. Training
+        (``mode=full``, gradients on) always runs the whole batch, so batch norm sees it.
+
+        ``channels_last`` (default: for conv nets, i.e. backbones with more than one Conv2d) stores inputs
+        and conv weights NHWC, which oneDNN's depthwise convolutions prefer (EfficientNet-Lite0: 1.35x).
+
+        ``compile=True`` runs inference forwards through ``torch.compile`` (inductor): 1.1x for DINOv2-B on
+        CPU after a one-off compile of 5-30 s, so it pays off from a few hundred images. Every compiled call
+        gets a full ``forward_batch`` (short ones are padded), so it compiles once.
+        """
         if dtype not in DTYPES:
             raise ValueError(f"dtype {dtype!r}: choose one of {list(DTYPES)}")
-        self.backbone = backbone.to(device)
+        self.device = torch.device(device)
+        self.backbone = backbone.to(self.device)
+        if channels_last is None:
+            channels_last = sum(isinstance(m, torch.nn.Conv2d) for m in backbone.modules()) > 1
+        self.channels_last = channels_last
+        if channels_last:
+            self.backbone.to(memory_format=torch.channels_last)
         self._compiled = torch.compile(self.backbone, dynamic=False) if compile else None
         self.pre: Preprocess = backbone.preprocess
         self.pooling = pooling
         self.min_coverage = min_coverage
         self.batch_size = batch_size
+        if forward_batch is None:
+            h, w = self.pre.image_size
+            forward_batch = CPU_PIXELS_PER_CALL // (h * w) if self.device.type == "cpu" else batch_size
+        self.forward_batch = min(batch_size, max(1, forward_batch))
         self.dtype = dtype
-        self.device = torch.device(device)
         self.cache = cache
         self.prefetch = prefetch
 
@@ -109,17 +132,26 @@ class FeatureExtractor:
         so regions of one image share one forward pass; without it, mask ``i`` goes with image ``i``.
         """
         pixels = pixels.to(self.device, non_blocking=True)
+        if self.channels_last:
+            pixels = pixels.contiguous(memory_format=torch.channels_last)
         ctx = (torch.autocast(self.device.type, dtype=DTYPES[self.dtype]) if self.dtype != "fp32"
                else contextlib.nullcontext())
         n = pixels.shape[0]
-        forward = self.backbone
-        if self._compiled is not None and not torch.is_grad_enabled():  # training (mode=full) stays eager
-            forward = self._compiled
-            if n < self.batch_size:  # one static shape: no recompile for the last, shorter batch
-                pixels = torch.cat([pixels, pixels.new_zeros((self.batch_size - n, *pixels.shape[1:]))])
+        inference = not torch.is_grad_enabled()
+        step = self.forward_batch if inference else n
+        forward = self._compiled if self._compiled is not None and inference else self.backbone
+        maps, tokens = [], []
         with ctx:
-            out = as_output(forward(pixels))
-        fmap, cls = out.feature_map[:n], None if out.cls is None else out.cls[:n]
+            for i in range(0, n, step):
+                chunk = pixels[i : i + step]
+                k = chunk.shape[0]
+                if forward is self._compiled and k < step:  # one static shape: no recompile for a short chunk
+                    chunk = torch.cat([chunk, chunk.new_zeros((step - k, *chunk.shape[1:]))])
+                out = as_output(forward(chunk))
+                maps.append(out.feature_map[:k])
+                tokens.append(None if out.cls is None else out.cls[:k])
+        fmap = maps[0] if len(maps) == 1 else torch.cat(maps)
+        cls = None if tokens[0] is None else (tokens[0] if len(tokens) == 1 else torch.cat(tokens))
         if index is not None:
             index = index.to(fmap.device)
             fmap = fmap.index_select(0, index)
