@@ -100,8 +100,8 @@ class TwoStreamEncoder:
 def build_encoder(streams: str, backbone: str | torch.nn.Module | None, text_encoder: str | None, describer: str | None,
                   image_size: int | None = None, pooling: str = "max", min_coverage: float = 0.5,
                   dtype: str = "fp32", device: str = "cpu", batch_size: int = 8, cache_dir: str | Path | None = None,
-                  use_cache: bool = True) -> TwoStreamEncoder:
-    """Build the two streams from specs (through the registry)."""
+                  use_cache: bool = True, compile: bool = False) -> TwoStreamEncoder:
+    """Build the two streams from specs (through the registry). ``compile`` = torch.compile the backbone."""
     from fmmc.features.cache import FeatureCache, default_cache_dir, namespace_of
     from fmmc.registry import build
     from fmmc.vision.extractor import FeatureExtractor
@@ -109,7 +109,7 @@ def build_encoder(streams: str, backbone: str | torch.nn.Module | None, text_enc
     extractor = None
     if streams != "language":
         bb = build("backbone", backbone, image_size=image_size) if isinstance(backbone, str) else backbone
-        extractor = FeatureExtractor(bb, pooling=pooling, min_coverage=min_coverage, batch_size=batch_size,
+        extractor = FeatureExtractor(bb, pooling=pooling, min_coverage=min_coverage, batch_size=batch_size, compile=compile,
                                      dtype=dtype, device=device)
         if use_cache:
             settings = extractor.settings()

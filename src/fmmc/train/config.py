@@ -18,6 +18,7 @@ class TrainConfig:
     min_coverage: float = 0.5  # mask -> patch grid rule, see fmmc.vision.pooling
     null_mask: bool = False  # ablation: ignore masks, pool the whole image
     dtype: str = "fp32"  # fp32 | bf16 | fp16 (backbone autocast)
+    compile: bool = False  # torch.compile the backbone for extraction (pays off from a few hundred images)
     # language stream
     describer: str = "metadata"
     text_encoder: str = "hf:openai/clip-vit-base-patch32"

@@ -103,7 +103,8 @@ def train(cfg: TrainConfig) -> Path:
 
     encoder = build_encoder(cfg.streams, cfg.backbone, cfg.text_encoder, cfg.describer, image_size=cfg.image_size,
                             pooling=cfg.pooling, min_coverage=cfg.min_coverage, dtype=cfg.dtype, device=cfg.device,
-                            batch_size=cfg.extract_batch_size, cache_dir=cfg.cache_dir, use_cache=cfg.mode == "head")
+                            batch_size=cfg.extract_batch_size, cache_dir=cfg.cache_dir, use_cache=cfg.mode == "head",
+                            compile=cfg.compile and cfg.mode == "head")
     head = MaterialHead(encoder.vision_dim, encoder.text_dim, len(taxonomy), cfg.hidden, cfg.dropout, cfg.streams)
 
     if cfg.mode == "head":
