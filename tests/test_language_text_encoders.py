@@ -10,23 +10,11 @@ from typing import Any
 
 import pytest
 import torch
+from fixtures_synth import _bytes_to_unicode
 
 from fmmc.hub import WeightsUnavailableError
 from fmmc.language.text_encoders import TextEncoder
 from fmmc.registry import build
-
-
-def _bytes_to_unicode() -> list[str]:
-    """GPT-2/CLIP's byte -> printable character table (the base alphabet of a byte-level BPE vocab)."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return [chr(c) for c in cs]
 
 
 def write_clip_tokenizer(out: Path) -> Any:
