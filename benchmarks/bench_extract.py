@@ -114,7 +114,7 @@ def phase_ceiling(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _extractor(args: argparse.Namespace, dtype: str) -> Any:
-    from fmmc.registry import build
+    from fmmc.core.registry import build
     from fmmc.vision.extractor import FeatureExtractor
 
     backbone = build("backbone", f"hf:{args.model}", image_size=args.image_size)

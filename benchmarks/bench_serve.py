@@ -166,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
         model_dir = Path(args.model) if args.model else build_model(Path(tmp))
         import torch
 
-        from fmmc.model import MaterialClassifier
+        from fmmc.model.classifier import MaterialClassifier
 
         torch.set_num_threads(args.threads)
         model = MaterialClassifier.from_pretrained(model_dir)

@@ -265,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
             torch.cuda.empty_cache()
 
         # (b) labelling ------------------------------------------------------------------------------------
-        from fmmc.registry import build
+        from fmmc.core.registry import build
 
         grounder = Timed(build("grounder", f"hf:{paths['grounder']}", device=device, dtype=lcfg.dtype),
                          ("detect_batch", "detect"), cuda)

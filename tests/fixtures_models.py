@@ -1,7 +1,7 @@
 """Tiny random-init models for offline tests, written with ``save_pretrained`` like real checkpoints.
 
 Each function writes a complete model directory (config, weights, processor, tokenizer) that loads
-through the real code path (``hf:<dir>`` spec -> registry -> ``fmmc.hub.load_pretrained``). Weights are
+through the real code path (``hf:<dir>`` spec -> registry -> ``fmmc.core.hub.load_pretrained``). Weights are
 random, so outputs are meaningless but shapes, dtypes and plumbing are real. Reuse them from any test::
 
     from fixtures_models import shared_tiny_model

@@ -14,8 +14,8 @@ import pytest
 import torch
 from PIL import Image
 
+from fmmc.core.registry import build
 from fmmc.data.records import Region
-from fmmc.registry import build
 from fmmc.vision.extractor import FeatureExtractor
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_extract.py"

@@ -3,8 +3,8 @@ from dataclasses import dataclass, field
 import pytest
 
 from fmmc.cli.main import main
-from fmmc.config import load_config, save_config
-from fmmc.registry import build, registry
+from fmmc.core.config import load_config, save_config
+from fmmc.core.registry import build, registry
 from fmmc.taxonomy import load_label_map, load_taxonomy
 from fmmc.taxonomy.taxonomy import dms_names
 

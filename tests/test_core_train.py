@@ -9,7 +9,7 @@ from PIL import Image
 
 from fmmc.cli.main import main
 from fmmc.data.dataset import load_dataset
-from fmmc.model import MaterialClassifier
+from fmmc.model.classifier import MaterialClassifier
 from fmmc.train.config import TrainConfig
 from fmmc.train.trainer import train
 

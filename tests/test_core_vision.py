@@ -6,10 +6,10 @@ import pytest
 import torch
 from PIL import Image
 
+from fmmc.core.hub import WeightsUnavailableError
+from fmmc.core.registry import build
 from fmmc.data.records import Region
-from fmmc.features.cache import FeatureCache
-from fmmc.hub import WeightsUnavailableError
-from fmmc.registry import build
+from fmmc.vision.cache import FeatureCache
 from fmmc.vision.extractor import FeatureExtractor
 from fmmc.vision.pooling import mask_to_grid, pool
 from fmmc.vision.protocol import Preprocess

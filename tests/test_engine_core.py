@@ -48,7 +48,7 @@ def test_engine_spec_from_flags() -> None:
 
 
 def test_registry_knows_engines() -> None:
-    from fmmc.registry import registry
+    from fmmc.core.registry import registry
 
     specs = [s for s, _ in registry("engine").specs()]
     assert "local" in specs and "ray" in specs and "ray:auto" in specs

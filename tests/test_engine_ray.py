@@ -150,8 +150,8 @@ def test_features_on_ray_equal_local_and_train_reuses_them(ray_local, tmp_path, 
 
     from fmmc.cli.main import main
     from fmmc.data.dataset import load_dataset
-    from fmmc.encoder import build_encoder
     from fmmc.engine.features import FeatureJob, extract_features
+    from fmmc.model.encoder import build_encoder
 
     data = tmp_path / "data"
     shutil.copytree(tiny_dataset, data)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from fmmc.evaluation.answers import AnswerParser
+from fmmc.evaluation.baselines.answers import AnswerParser
 from fmmc.taxonomy import Taxonomy, load_taxonomy
 
 

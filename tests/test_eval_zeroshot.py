@@ -11,7 +11,7 @@ from fixtures_eval import decode_images, make_tiny_clip, nearest_class, openai_s
 from PIL import Image
 
 from fmmc.cli.main import main
-from fmmc.evaluation.zeroshot_clip import ClipZeroShot, masked_crop
+from fmmc.evaluation.baselines.clip import ClipZeroShot, masked_crop
 
 
 @pytest.fixture(scope="module")

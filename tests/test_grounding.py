@@ -9,6 +9,7 @@ import pytest
 from fixtures_models import shared_tiny_model
 from PIL import Image
 
+from fmmc.core.registry import build
 from fmmc.grounding.common import (
     Detection,
     MaskResult,
@@ -19,7 +20,6 @@ from fmmc.grounding.common import (
     mask_to_box,
     nms,
 )
-from fmmc.registry import build
 
 
 @pytest.fixture(scope="session")
@@ -95,7 +95,7 @@ def test_list_grounders_and_segmenters(capsys: pytest.CaptureFixture[str]) -> No
 
 
 def test_missing_weights_fail_with_a_fix(tmp_path: Path) -> None:
-    from fmmc.hub import WeightsUnavailableError
+    from fmmc.core.hub import WeightsUnavailableError
 
     with pytest.raises(WeightsUnavailableError, match="local path"):
         build("grounder", "hf:nobody/no-such-grounding-dino")

@@ -10,11 +10,11 @@ import pytest
 import torch
 from PIL import Image
 
+from fmmc.core.hub import WeightsUnavailableError
+from fmmc.core.registry import build
 from fmmc.data.records import Region
-from fmmc.hub import WeightsUnavailableError
 from fmmc.language.cache import DescriptionCache
 from fmmc.language.describers import Describer, describe_regions
-from fmmc.registry import build
 
 WORDS = ["<pad>", "<s>", "</s>", "<unk>", "<image>", "user", "assistant", ":"] + (
     "look at the region outlined in red main surface this image glossy matte metal wood smooth rough".split()

@@ -19,11 +19,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from fmmc.core.registry import build
 from fmmc.data.records import Region
 from fmmc.language.cache import DescriptionCache
 from fmmc.language.describers import DescriberError, describe_regions
 from fmmc.language.openai_client import OpenAIChatClient, image_content, resolve_base_url
-from fmmc.registry import build
 
 KEY = "sk-test-SECRET-0123456789abcdef"
 

@@ -12,9 +12,9 @@ import pytest
 import torch
 from fixtures_synth import _bytes_to_unicode
 
-from fmmc.hub import WeightsUnavailableError
+from fmmc.core.hub import WeightsUnavailableError
+from fmmc.core.registry import build
 from fmmc.language.text_encoders import TextEncoder
-from fmmc.registry import build
 
 
 def write_clip_tokenizer(out: Path) -> Any:

@@ -1,4 +1,4 @@
-"""Region prompts (fmmc.regions): point / box / object -> mask, with fakes for the decision logic and the
+"""Region prompts (fmmc.grounding.prompts): point / box / object -> mask, with fakes for the decision logic and the
 tiny random SAM + Grounding DINO for the real path (model.predict and `fmmc predict`)."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from fixtures_serve import overrides, scene, tiny_component_dirs, tiny_model_dir
 from PIL import Image
 
 from fmmc.grounding import Detection, MaskResult
-from fmmc.regions import (
+from fmmc.grounding.prompts import (
     PromptError,
     RegionNotFound,
     check_box,
@@ -172,7 +172,7 @@ def test_components_come_from_config_and_are_built_once(monkeypatch):
         built.append((kind, spec))
         return object()
 
-    monkeypatch.setattr("fmmc.registry.build", slow_build)
+    monkeypatch.setattr("fmmc.core.registry.build", slow_build)
     model = SimpleNamespace(config={"segmenter": "hf:/somewhere/sam"})
     assert component_spec(model, "segmenter") == "hf:/somewhere/sam"
     assert component_spec(model, "grounder") == "hf:IDEA-Research/grounding-dino-base"
@@ -199,7 +199,7 @@ def comp(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def model(model_dir, comp):
-    from fmmc.model import MaterialClassifier
+    from fmmc.model.classifier import MaterialClassifier
 
     return MaterialClassifier.from_pretrained(model_dir, **comp)
 

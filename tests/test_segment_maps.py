@@ -1,4 +1,4 @@
-"""Material maps (fmmc.maps): pure painting / upsampling / metric math checked by hand, then grid and SAM
+"""Material maps (fmmc.model.maps): pure painting / upsampling / metric math checked by hand, then grid and SAM
 maps from a trained tiny model, `fmmc segment` end to end and the DMS evaluation on a synthetic fixture."""
 
 from __future__ import annotations
@@ -13,10 +13,10 @@ import torch.nn.functional as F
 from fixtures_serve import DMS_INDEX, make_dms_fixture, overrides, scene, tiny_component_dirs, tiny_model_dir
 from PIL import Image
 
-from fmmc.maps import MaterialMap, evaluate_maps, load_dms_pairs, map_metrics
-from fmmc.maps.evaluate import confusion, source_lut
-from fmmc.maps.render import UNLABELLED, boundaries, overlay_image
-from fmmc.maps.segment import _constant_text, interp_matrix, paint, upsample_argmax
+from fmmc.model.maps import MaterialMap, evaluate_maps, load_dms_pairs, map_metrics
+from fmmc.model.maps.evaluate import confusion, source_lut
+from fmmc.model.maps.render import UNLABELLED, boundaries, overlay_image
+from fmmc.model.maps.segment import _constant_text, interp_matrix, paint, upsample_argmax
 from fmmc.taxonomy import load_taxonomy
 
 TAX = load_taxonomy()
@@ -92,7 +92,7 @@ def test_overlay_and_boundaries():
 
 def test_grid_mode_needs_a_vision_head():
     lang = SimpleNamespace(config={"streams": "language"}, encoder=SimpleNamespace(extractor=None))
-    from fmmc.maps.segment import grid_map
+    from fmmc.model.maps.segment import grid_map
 
     with pytest.raises(ValueError, match="streams=vision"):
         grid_map(lang, Image.new("RGB", (8, 8)), classes=None, description=None)
@@ -115,7 +115,7 @@ def comp(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def model(model_dir, comp):
-    from fmmc.model import MaterialClassifier
+    from fmmc.model.classifier import MaterialClassifier
 
     return MaterialClassifier.from_pretrained(model_dir, **comp)
 

@@ -37,7 +37,7 @@ def model_dir(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def model(model_dir, comp):
-    from fmmc.model import MaterialClassifier
+    from fmmc.model.classifier import MaterialClassifier
 
     return MaterialClassifier.from_pretrained(model_dir, **comp)
 
@@ -243,7 +243,7 @@ def test_bearer_token_and_cors(model, client):
 
 # ----- timeouts and back-pressure -----
 def test_timeout_504_and_busy_503(model_dir, comp):
-    from fmmc.model import MaterialClassifier
+    from fmmc.model.classifier import MaterialClassifier
 
     slow = MaterialClassifier.from_pretrained(model_dir, **comp)
     real_segment = slow.segment

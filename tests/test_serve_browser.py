@@ -26,7 +26,7 @@ ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-net
 @pytest.fixture(scope="module")
 def url(tmp_path_factory):
     pytest.importorskip("fastapi")
-    from fmmc.model import MaterialClassifier
+    from fmmc.model.classifier import MaterialClassifier
     from fmmc.serve import ServeSettings, create_app
 
     comp = overrides(tiny_component_dirs(tmp_path_factory))

@@ -10,7 +10,7 @@ pytest.importorskip("diffusers")
 
 from fixtures_synth import BlackImages, OOMAbove, make_tiny_sd_pipeline  # noqa: E402
 
-from fmmc.registry import build  # noqa: E402
+from fmmc.core.registry import build  # noqa: E402
 from fmmc.synth.config import GenerateConfig  # noqa: E402
 from fmmc.synth.generate import Generator, is_oom, load_pipeline  # noqa: E402
 
@@ -112,7 +112,7 @@ def test_bad_settings_fail_clearly(cfg, tiny_sd, tmp_path):
         load_pipeline(replace(cfg, scheduler="warp-drive"))
     with pytest.raises(ValueError, match="prompt"):
         Generator(cfg, tmp_path, pipe=object())([{"id": "x", "seed": 1}])
-    from fmmc.hub import WeightsUnavailableError
+    from fmmc.core.hub import WeightsUnavailableError
 
     with pytest.raises(WeightsUnavailableError, match="local path"):
         load_pipeline(replace(cfg, model_id=str(tmp_path)))  # an empty folder

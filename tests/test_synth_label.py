@@ -91,7 +91,7 @@ def test_label_config_validation() -> None:
         LabelConfig(min_area_frac=0.5, max_area_frac=0.2)
     with pytest.raises(ValueError, match="max_instances"):
         LabelConfig(max_instances=0)
-    from fmmc.config import load_config
+    from fmmc.core.config import load_config
 
     assert load_config(LabelConfig, overrides=["min_mask_score=0.9", "device=cpu"]).min_mask_score == 0.9
 

@@ -14,21 +14,21 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 _LAZY = {
-    "MaterialClassifier": "fmmc.model",
-    "Prediction": "fmmc.model",
+    "MaterialClassifier": "fmmc.model.classifier",
+    "Prediction": "fmmc.model.classifier",
     "Taxonomy": "fmmc.taxonomy",
     "load_taxonomy": "fmmc.taxonomy",
     "Region": "fmmc.data.records",
     "load_dataset": "fmmc.data.dataset",
-    "build": "fmmc.registry",
+    "build": "fmmc.core.registry",
 }
 
 if TYPE_CHECKING:  # pragma: no cover
+    from fmmc.core.registry import build as build
     from fmmc.data.dataset import load_dataset as load_dataset
     from fmmc.data.records import Region as Region
-    from fmmc.model import MaterialClassifier as MaterialClassifier
-    from fmmc.model import Prediction as Prediction
-    from fmmc.registry import build as build
+    from fmmc.model.classifier import MaterialClassifier as MaterialClassifier
+    from fmmc.model.classifier import Prediction as Prediction
     from fmmc.taxonomy import Taxonomy as Taxonomy
     from fmmc.taxonomy import load_taxonomy as load_taxonomy
 

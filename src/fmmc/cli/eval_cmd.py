@@ -37,7 +37,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from fmmc.evaluation.evaluate import EvalSettings, run_eval
-    from fmmc.evaluation.report import console_summary
+    from fmmc.evaluation.report.markdown import console_summary
 
     settings = EvalSettings(classes=args.classes, split=args.split, n_boot=args.bootstrap, seed=args.seed,
                             progress=not args.quiet, plots=not args.no_plots)

@@ -53,7 +53,7 @@ def add_engine_args(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from fmmc.config import load_config
+    from fmmc.core.config import load_config
     from fmmc.data.dataset import load_dataset
     from fmmc.engine import engine_spec, get_engine
     from fmmc.engine.features import FeatureJob, extract_features

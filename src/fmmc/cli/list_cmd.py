@@ -14,7 +14,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from fmmc.registry import REGISTRIES, registry
+    from fmmc.core.registry import REGISTRIES, registry
 
     if args.kind is None:
         kinds = list(REGISTRIES)

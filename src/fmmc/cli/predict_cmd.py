@@ -49,7 +49,7 @@ def _floats(text: str, n: int, name: str) -> tuple[float, ...]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from fmmc.model import MaterialClassifier
+    from fmmc.model.classifier import MaterialClassifier
 
     overrides = {k: getattr(args, k) for k in ("segmenter", "grounder") if getattr(args, k, None)}
     model = MaterialClassifier.from_pretrained(args.model, **overrides)

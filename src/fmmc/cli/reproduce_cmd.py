@@ -42,8 +42,8 @@ def run(args: argparse.Namespace) -> int:
                 print(f"{c.cell_id}\t{places}")
         print(f"{len(cells)} cells, {len(models)} models ({sum(c.train is not None for c in cells)} cells need training)")
         return 0
+    from fmmc.evaluation.report.tables import tables_text
     from fmmc.evaluation.reproduce import run_grid
-    from fmmc.evaluation.tables import tables_text
 
     result = run_grid(cfg, fail_fast=args.fail_fast, progress=not args.quiet, only=only,
                       echo=lambda line: print(line, flush=True))

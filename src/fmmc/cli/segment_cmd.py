@@ -6,7 +6,7 @@
 
 Writes ``labels.png`` (class index per pixel, 255 = unlabelled), ``overlay.png`` (colours, outlines,
 legend) and ``regions.json`` (bbox, area, label, top-k per region). ``--eval-dms`` prints and writes
-(``--out FILE.json``) pixel accuracy, mIoU and mAcc over DMS label maps (see ``fmmc.maps.evaluate``).
+(``--out FILE.json``) pixel accuracy, mIoU and mAcc over DMS label maps (see ``fmmc.model.maps.evaluate``).
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from fmmc.model import MaterialClassifier
+    from fmmc.model.classifier import MaterialClassifier
 
     overrides = {"segmenter": args.segmenter} if args.segmenter else {}
     model = MaterialClassifier.from_pretrained(args.model, **overrides)
@@ -84,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _evaluate(model, args: argparse.Namespace, opts: dict) -> int:
-    from fmmc.maps import evaluate_maps, load_dms_pairs
+    from fmmc.model.maps import evaluate_maps, load_dms_pairs
 
     pairs, names = load_dms_pairs(args.eval_dms, split=args.split, images=args.dms_images)
     report = evaluate_maps(model, pairs, mode=args.mode, names=names, limit=args.limit, progress=not args.quiet, **opts)

@@ -24,7 +24,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from fmmc.config import load_config
+    from fmmc.core.config import load_config
     from fmmc.train.config import TrainConfig
     from fmmc.train.trainer import train
 

@@ -130,7 +130,7 @@ def check_hub_weights(specs: dict[str, str], timeout: float = 5.0) -> None:
     from huggingface_hub import try_to_load_from_cache
     from transformers import AutoConfig
 
-    from fmmc.hub import WeightsUnavailableError, is_local, is_offline, load_pretrained
+    from fmmc.core.hub import WeightsUnavailableError, is_local, is_offline, load_pretrained
 
     endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
     for what, spec in specs.items():
@@ -143,7 +143,7 @@ def check_hub_weights(specs: dict[str, str], timeout: float = 5.0) -> None:
                 continue  # the hub answers: from_pretrained will download
             except httpx.HTTPError as e:
                 log.info("hub not reachable (%s)", e)
-        try:  # the hub is out of reach: ask the local cache only, which fails at once with fmmc.hub's message
+        try:  # the hub is out of reach: ask the local cache only, which fails at once with fmmc.core.hub's message
             load_pretrained(AutoConfig.from_pretrained, source, what, local_files_only=True)
         except WeightsUnavailableError as e:
             raise WeightsUnavailableError(f"{e}\n`fmmc demo` (the offline profile) runs without the hub.") from e
@@ -179,7 +179,7 @@ def _sources_by_class(info: DatasetInfo, sources: list[Source]) -> dict[str, dic
 def run_demo(cfg: DemoConfig, notify: Callable[[str], None] | None = None) -> DemoResult:
     """Run every step; returns the metrics and where the report is. ``notify`` receives progress messages."""
     from fmmc import __version__
-    from fmmc.config import save_config
+    from fmmc.core.config import save_config
     from fmmc.train.config import TrainConfig
     from fmmc.train.trainer import train
 
@@ -243,7 +243,7 @@ def run_demo(cfg: DemoConfig, notify: Callable[[str], None] | None = None) -> De
 
     # 5. report
     from fmmc.demo.report import scene_mosaic, write_report
-    from fmmc.evaluation.plots import confusion_png
+    from fmmc.evaluation.report.plots import confusion_png
 
     t = time.time()
     labels = result["labels"]
@@ -284,9 +284,9 @@ def evaluate(runs: dict[str, Path], info: DatasetInfo, models: dict[str, str], c
              images: SourceImages, catalog: Catalog, out: Path) -> dict[str, Any]:
     """Predictions of every run on the test split (one shared encoder, cached features), plus the samples."""
     from fmmc.data.dataset import load_dataset
-    from fmmc.encoder import build_encoder
     from fmmc.evaluation.metrics import summarize
-    from fmmc.model import MaterialClassifier
+    from fmmc.model.classifier import MaterialClassifier
+    from fmmc.model.encoder import build_encoder
 
     labels = info.labels
     test = load_dataset(info.root, split="test")

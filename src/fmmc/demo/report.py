@@ -3,7 +3,7 @@
     >>> scene_mosaic([(image_path, mask_path, "true wood\npred wood 0.93")], "out/examples.png")  # doctest: +SKIP
     >>> write_report("out/report.md", metrics)                                                  # doctest: +SKIP
 
-The confusion-matrix plot comes from :func:`fmmc.evaluation.plots.confusion_png`.
+The confusion-matrix plot comes from :func:`fmmc.evaluation.report.plots.confusion_png`.
 """
 
 from __future__ import annotations

@@ -65,7 +65,7 @@ class Engine(Protocol):
 
 def get_engine(spec: str = "local", **settings: Any) -> Engine:
     """Build the engine named by ``spec`` (``local``, ``ray``, ``ray:<address>``) through the registry."""
-    from fmmc.registry import build
+    from fmmc.core.registry import build
 
     return build("engine", spec or "local", **settings)
 

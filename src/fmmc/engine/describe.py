@@ -34,7 +34,7 @@ class DescribeStage:
     def __init__(self, describer: Any, **settings: Any) -> None:
         """``describer``: a spec (built here, once per worker) or an already built describer."""
         if isinstance(describer, str):
-            from fmmc.registry import build
+            from fmmc.core.registry import build
 
             describer = build("describer", describer, **settings)
         self.describer = describer
@@ -70,9 +70,9 @@ def describe_with_engine(regions: list[Region], describer: str, engine: Engine, 
                          num_cpus: float | None = None, progress: bool | str = True,
                          info_path: str | Path | None = None) -> DescribeReport:
     """Fill the description cache (``<cache_dir>/descriptions.sqlite``) for ``regions``; cached ones are skipped."""
-    from fmmc.features.cache import default_cache_dir
+    from fmmc.core.registry import build
     from fmmc.language.cache import DescriptionCache, region_keys
-    from fmmc.registry import build
+    from fmmc.vision.cache import default_cache_dir
 
     probe = build("describer", describer)  # spec + prompt version for the cache key; cheap for API describers
     spec, version = getattr(probe, "spec", describer), probe.prompt_version

@@ -7,7 +7,7 @@
     ...                           concurrency=8, num_gpus=0.5)                           # doctest: +SKIP
 
 The driver hashes every region (image bytes + mask bytes: the cache key), skips those already in the
-:class:`~fmmc.features.cache.FeatureCache`, and maps :class:`FeatureStage` over the rest; each worker
+:class:`~fmmc.vision.cache.FeatureCache`, and maps :class:`FeatureStage` over the rest; each worker
 builds the backbone once and returns float32 vectors, which the driver writes into the same cache
 (safetensors shards + ``index.jsonl``, same namespace) that ``fmmc train`` reads. So ``fmmc train`` with
 the same backbone settings finds every feature and extracts nothing. The cache is the manifest: a run
@@ -58,7 +58,7 @@ class FeatureStage:
     ``{"id", "key", "feature": base64 float32}``, or ``{"id", "key", "error": message}`` for a bad image."""
 
     def __init__(self, job: FeatureJob) -> None:
-        from fmmc.registry import build
+        from fmmc.core.registry import build
         from fmmc.vision.extractor import FeatureExtractor
 
         backbone = build("backbone", job.backbone, image_size=job.image_size)
@@ -111,7 +111,7 @@ def extract_features(regions: list[Region], job: FeatureJob, engine: Engine, *, 
     """Fill the feature cache for ``regions`` with ``engine``; finished regions are skipped."""
     from dataclasses import replace
 
-    from fmmc.features.cache import FeatureCache, default_cache_dir, namespace_of
+    from fmmc.vision.cache import FeatureCache, default_cache_dir, namespace_of
     from fmmc.vision.extractor import region_key
 
     if job.null_mask:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fmmc.evaluation.report import fmt, text_table
+from fmmc.evaluation.report.markdown import fmt, text_table
 
 METRICS = ("acc", "macc", "miou", "top5", "ece")
 

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from fmmc.evaluation.datasets import TestSet
+from fmmc.data.readers.testsets import TestSet
 from fmmc.evaluation.metrics import summarize
 
 log = logging.getLogger(__name__)
@@ -138,8 +138,8 @@ def evaluate(model: Any, ts: TestSet, settings: EvalSettings | None = None) -> E
 def write_evaluation(ev: Evaluation, out: str | Path) -> Path:
     """Write the result folder atomically (see the module docstring for its files)."""
     from fmmc import __version__
-    from fmmc.evaluation.files import atomic_dir, dumps
-    from fmmc.evaluation.report import eval_report
+    from fmmc.core.io import atomic_dir, dumps
+    from fmmc.evaluation.report.markdown import eval_report
 
     out = Path(out)
     with atomic_dir(out) as tmp:
@@ -160,7 +160,7 @@ def write_evaluation(ev: Evaluation, out: str | Path) -> Path:
 
 
 def _figures(ev: Evaluation, tmp: Path) -> dict[str, str]:
-    from fmmc.evaluation.plots import confusion_png, reliability_png
+    from fmmc.evaluation.report.plots import confusion_png, reliability_png
 
     m = ev.metrics
     labels = m["confusion"]["labels"]
@@ -194,7 +194,7 @@ def run_eval(model: str | Any, data: str, out: str | Path | None, settings: Eval
              cache_dir: str | Path | None = None, describer: str | None = None, device: str = "cpu",
              test_set: TestSet | None = None) -> dict[str, Any]:
     """Load the test set and model, evaluate, write ``out`` (when given); returns the metrics."""
-    from fmmc.evaluation.datasets import load_test_set
+    from fmmc.data.readers.testsets import load_test_set
     from fmmc.evaluation.models import load_eval_model
 
     s = settings or EvalSettings()

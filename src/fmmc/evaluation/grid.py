@@ -35,7 +35,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fmmc.config import apply_overrides, from_dict, read_file
+from fmmc.core.config import apply_overrides, from_dict, read_file
 from fmmc.train.config import TrainConfig
 
 # fields that do not change what a training run learns (left out of its identity)

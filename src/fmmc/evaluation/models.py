@@ -45,7 +45,7 @@ def load_eval_model(spec: str, cache_dir: str | Path | None = None, describer: s
         if describer:
             log.warning("--describer is ignored by zero-shot baselines")
         return _zeroshot(spec, cache_dir, device)
-    from fmmc.model import MaterialClassifier
+    from fmmc.model.classifier import MaterialClassifier
 
     overrides = {"describer": describer} if describer else {}
     model = MaterialClassifier.from_pretrained(spec, device=device, cache_dir=cache_dir, **overrides)
@@ -59,15 +59,15 @@ def _zeroshot(spec: str, cache_dir: str | Path | None, device: str) -> Any:
     kind, _, arg = body[len("zeroshot:"):].partition(":")
     taxonomy = options.pop("taxonomy", "default")
     if kind == "clip":
-        from fmmc.evaluation.zeroshot_clip import build_clip_zeroshot
+        from fmmc.evaluation.baselines.clip import build_clip_zeroshot
 
         options.setdefault("device", device)
         model = build_clip_zeroshot(arg, taxonomy=taxonomy, **options)
     elif kind == "vlm":
-        from fmmc.evaluation.zeroshot_vlm import build_vlm_zeroshot
+        from fmmc.evaluation.baselines.vlm import build_vlm_zeroshot
 
         if cache_dir is None:
-            from fmmc.features.cache import default_cache_dir
+            from fmmc.vision.cache import default_cache_dir
 
             cache_dir = default_cache_dir().parent
         model = build_vlm_zeroshot(arg, taxonomy=taxonomy, cache_dir=cache_dir, **options)

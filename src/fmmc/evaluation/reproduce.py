@@ -32,8 +32,8 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from fmmc.config import save_config
-from fmmc.evaluation.files import write_json_atomic
+from fmmc.core.config import save_config
+from fmmc.core.io import write_json_atomic
 from fmmc.evaluation.grid import Cell, GridConfig, plan, short_hash, slug
 from fmmc.train.config import TrainConfig
 from fmmc.train.trainer import train
@@ -73,7 +73,7 @@ def finished(out: Path, cell: Cell) -> dict[str, Any] | None:
 def _train_data(spec: str, out: Path, cache_dir: Path) -> str:
     """A training set as a folder with metadata.jsonl: other data specs are loaded (split train) and written."""
     from fmmc.data.dataset import metadata_path, write_dataset
-    from fmmc.evaluation.datasets import KINDS
+    from fmmc.data.readers.testsets import KINDS
 
     kind = spec.partition(":")[0]
     if kind not in KINDS or kind == "jsonl":
@@ -82,7 +82,7 @@ def _train_data(spec: str, out: Path, cache_dir: Path) -> str:
             raise ValueError(f"training data {spec!r}: no metadata.jsonl there (a dataset folder, or a data spec "
                              "such as dms:/path?images=/rgb that fmmc converts)")
         return path
-    from fmmc.evaluation.datasets import load_test_set
+    from fmmc.data.readers.testsets import load_test_set
 
     target = out / "data" / f"{slug(spec.split('?')[0].split('/')[-1], 30)}-{short_hash(spec)}"
     if not (target / "metadata.jsonl").is_file():
@@ -105,7 +105,7 @@ class GridRunner:
         self._test_sets: dict[str, Any] = {}
 
     def test_set(self, key: str) -> Any:
-        from fmmc.evaluation.datasets import load_test_set
+        from fmmc.data.readers.testsets import load_test_set
 
         if key not in self._test_sets:
             ts = self.cfg.test_sets[key]
@@ -232,7 +232,7 @@ class GridRunner:
 def run_grid(cfg: GridConfig, out: str | Path | None = None, fail_fast: bool = False, progress: bool = True,
              only: list[str] | None = None, echo: Callable[[str], None] | None = None) -> GridResult:
     """Run (or resume) every cell, then write the tables and the report; ``echo`` receives progress lines."""
-    from fmmc.evaluation.tables import write_tables
+    from fmmc.evaluation.report.tables import write_tables
 
     runner = GridRunner(cfg, Path(out) if out else None, fail_fast=fail_fast, progress=progress, echo=echo)
     result = runner.run(only=only)

@@ -2,7 +2,7 @@
 
 Build them by spec through the registry (``fmmc list grounders``, ``fmmc list segmenters``)::
 
-    >>> from fmmc.registry import build
+    >>> from fmmc.core.registry import build
     >>> grounder = build("grounder", "hf:IDEA-Research/grounding-dino-base")   # doctest: +SKIP
     >>> segmenter = build("segmenter", "hf:facebook/sam-vit-base")             # doctest: +SKIP
     >>> det = grounder.detect(image, "vase")[0]                                # doctest: +SKIP

@@ -1,6 +1,6 @@
 """Open-vocabulary boxes from text: Grounding DINO through transformers.
 
-    >>> from fmmc.registry import build
+    >>> from fmmc.core.registry import build
     >>> grounder = build("grounder", "hf:IDEA-Research/grounding-dino-base", device="auto")  # doctest: +SKIP
     >>> grounder.detect(Image.open("vase.png"), "vase")                                      # doctest: +SKIP
     [Detection(box=(102.3, 40.1, 388.0, 500.2), score=0.71, phrase='vase')]
@@ -20,8 +20,8 @@ from typing import Any
 
 from PIL import Image
 
+from fmmc.core.hub import load_pretrained
 from fmmc.grounding.common import Detection, box_area, clip_box, nms, resolve_device, resolve_dtype
-from fmmc.hub import load_pretrained
 
 log = logging.getLogger(__name__)
 

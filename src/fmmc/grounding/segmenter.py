@@ -1,6 +1,6 @@
 """Promptable masks (box / points) and automatic whole-image masks: SAM through transformers.
 
-    >>> from fmmc.registry import build
+    >>> from fmmc.core.registry import build
     >>> seg = build("segmenter", "hf:facebook/sam-vit-base", device="auto")          # doctest: +SKIP
     >>> best = seg.segment(image, box=(40, 30, 300, 280))[0]                         # doctest: +SKIP
     >>> best.mask.shape, best.score                                                  # doctest: +SKIP
@@ -25,8 +25,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from fmmc.core.hub import load_pretrained
 from fmmc.grounding.common import MaskResult, resolve_device, resolve_dtype
-from fmmc.hub import load_pretrained
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """The language stream: a describer (VLM) writes one sentence about a region's material appearance,
 a text encoder (CLIP text, 512-d) embeds it.
 
-    >>> from fmmc.registry import build
+    >>> from fmmc.core.registry import build
     >>> describer = build("describer", "openai:gpt-4o-mini")                     # doctest: +SKIP
     >>> encoder = build("text-encoder", "hf:openai/clip-vit-base-patch32")      # doctest: +SKIP
     >>> texts, failures = describe_regions(regions, describer, DescriptionCache("desc.sqlite"))  # doctest: +SKIP

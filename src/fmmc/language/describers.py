@@ -1,7 +1,7 @@
 """Describers turn a region into one sentence about its material appearance; :func:`describe_regions`
 runs one over a dataset with a cache.
 
-    >>> from fmmc.registry import build
+    >>> from fmmc.core.registry import build
     >>> describer = build("describer", "openai:gpt-4o-mini")   # or "hf:...", "metadata", "none"
     >>> texts, failures = describe_regions(regions, describer, DescriptionCache("desc.sqlite"))  # doctest: +SKIP
 

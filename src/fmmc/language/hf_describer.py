@@ -1,11 +1,11 @@
 """A local transformers VLM as the describer (no API, no key): any image-text-to-text model with a chat template.
 
-    >>> from fmmc.registry import build
+    >>> from fmmc.core.registry import build
     >>> d = build("describer", "hf:HuggingFaceTB/SmolVLM-256M-Instruct", device="cuda")  # doctest: +SKIP
     >>> d.describe(image, mask)                                                            # doctest: +SKIP
 
 Same marking and prompt as the OpenAI describer (:mod:`fmmc.language.marking`); greedy decoding,
-``max_new_tokens`` 60. The model is loaded through :func:`fmmc.hub.load_pretrained`, so local
+``max_new_tokens`` 60. The model is loaded through :func:`fmmc.core.hub.load_pretrained`, so local
 directories, the hub and offline mode behave as everywhere else. Calls are serialised by a lock.
 """
 
@@ -19,8 +19,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from fmmc.core.hub import load_pretrained
 from fmmc.data.records import Region
-from fmmc.hub import load_pretrained
 from fmmc.language.describers import DescriberError
 from fmmc.language.marking import (
     DEFAULT_PROMPT,

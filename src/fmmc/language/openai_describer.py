@@ -1,6 +1,6 @@
 """The paper's describer: an OpenAI-compatible VLM describes the material appearance of a marked region.
 
-    >>> from fmmc.registry import build
+    >>> from fmmc.core.registry import build
     >>> d = build("describer", "openai:gpt-4o-mini")                        # hosted, OPENAI_API_KEY
     >>> d = build("describer", "openai:Qwen/Qwen2.5-VL-7B-Instruct",
     ...           base_url="http://localhost:8000/v1")                      # vLLM, no key  # doctest: +SKIP

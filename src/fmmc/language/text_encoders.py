@@ -1,6 +1,6 @@
 """Text encoders embed descriptions: CLIP/SigLIP text towers, sentence-transformers, an offline MiniLM.
 
-    >>> from fmmc.registry import build
+    >>> from fmmc.core.registry import build
     >>> enc = build("text-encoder", "hf:openai/clip-vit-base-patch32")   # 512-d, 77-token context
     >>> enc.encode(["appears polished and shines with reflections"]).shape  # doctest: +SKIP
     torch.Size([1, 512])
@@ -20,7 +20,7 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 import torch.nn.functional as F
 
-from fmmc.hub import load_pretrained
+from fmmc.core.hub import load_pretrained
 
 log = logging.getLogger(__name__)
 

@@ -87,7 +87,7 @@ def decode_image(data: bytes, name: str, max_pixels: int) -> Image.Image:
 
 
 def _mask_json(mask: Any, fmt: str) -> dict[str, Any] | None:
-    from fmmc.regions import mask_rle, mask_summary
+    from fmmc.grounding.prompts import mask_rle, mask_summary
 
     if mask is None:
         return None
@@ -103,7 +103,7 @@ def _mask_json(mask: Any, fmt: str) -> dict[str, Any] | None:
 
 def _load(model_or_path: Any, settings: ServeSettings) -> tuple[Any, str]:
     if isinstance(model_or_path, (str, Path)):
-        from fmmc.model import MaterialClassifier
+        from fmmc.model.classifier import MaterialClassifier
 
         return MaterialClassifier.from_pretrained(model_or_path, **settings.model_overrides), str(model_or_path)
     for key, value in settings.model_overrides.items():
@@ -114,8 +114,8 @@ def _load(model_or_path: Any, settings: ServeSettings) -> tuple[Any, str]:
 def create_app(model_or_path: Any, settings: ServeSettings | None = None, name: str | None = None) -> FastAPI:
     """The FastAPI app serving one model (a ``MaterialClassifier`` or a path/hub id to load)."""
     from fmmc import __version__
-    from fmmc.maps.render import hex_color
-    from fmmc.regions import component_spec, resolve_prompt
+    from fmmc.grounding.prompts import component_spec, resolve_prompt
+    from fmmc.model.maps.render import hex_color
 
     settings = settings or ServeSettings()
     model, default_name = _load(model_or_path, settings)
@@ -246,7 +246,7 @@ def create_app(model_or_path: Any, settings: ServeSettings | None = None, name: 
         legend: Annotated[bool, Form(description="draw the legend into the overlay")] = True,
         alpha: Annotated[float, Form(ge=0, le=1, description="colour opacity in the overlay")] = 0.5,
     ) -> dict[str, Any]:
-        from fmmc.maps.render import png_base64
+        from fmmc.model.maps.render import png_base64
 
         t0 = time.perf_counter()
         _check_type(image, "image")

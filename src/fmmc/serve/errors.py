@@ -42,9 +42,9 @@ def error_response(status: int, code: str, message: str, headers: dict[str, str]
 
 def from_exception(e: BaseException) -> ApiError:
     """The ApiError a library exception stands for."""
+    from fmmc.core.hub import WeightsUnavailableError
     from fmmc.data.imageio import ImageError
-    from fmmc.hub import WeightsUnavailableError
-    from fmmc.regions import PromptError, RegionNotFound
+    from fmmc.grounding.prompts import PromptError, RegionNotFound
 
     if isinstance(e, ApiError):
         return e

@@ -140,7 +140,7 @@ class Runtime:
     # ----- lifecycle -----
     def warm_up(self) -> None:
         """Build the encoder (and, with ``preload``, the segmenter and grounder) before the first request."""
-        from fmmc.regions import get_component
+        from fmmc.grounding.prompts import get_component
 
         t0 = time.time()
         _ = self.model.encoder

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fmmc.config import from_dict, load_config, save_config, to_dict
+from fmmc.core.config import from_dict, load_config, save_config, to_dict
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@
     [{..., "status": "ok", "image": "images/ceramic/ceramic--vase--porcelain--0.png", "model_id": "..."}]
 
 The pipeline loads once (``AutoPipelineForText2Image``, falling back to ``DiffusionPipeline``) through
-:func:`fmmc.hub.load_pretrained`, so hub ids, local ``save_pretrained`` folders and offline mode behave as
+:func:`fmmc.core.hub.load_pretrained`, so hub ids, local ``save_pretrained`` folders and offline mode behave as
 everywhere else in fmmc. Each image gets its own CPU ``torch.Generator`` seeded with the item's seed, so an
 image depends on its seed and prompt, not on the batch it ran in or the GPU (up to float rounding: a
 batched UNet may differ from a single one by one 8-bit level). Images are written atomically with the
@@ -138,7 +138,7 @@ def _dtype_kwarg() -> str:
 
 def load_pipeline(cfg: GenerateConfig, model_id: str | None = None, device: str | None = None) -> Any:
     """Load and configure the text-to-image pipeline of ``cfg`` (scheduler, device, memory options)."""
-    from fmmc.hub import load_pretrained
+    from fmmc.core.hub import load_pretrained
 
     model_id = model_id or cfg.model_id
     device = device or resolve_device(cfg.device)

@@ -190,7 +190,7 @@ class Labeler:
 
     def __init__(self, cfg: LabelConfig | None = None, root: str | Path = ".", *, grounder: Any = None,
                  segmenter: Any = None) -> None:
-        from fmmc.registry import build
+        from fmmc.core.registry import build
 
         self.cfg = cfg or LabelConfig()
         self.root = Path(root)

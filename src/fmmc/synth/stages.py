@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 
 def build_stage(kind: str, spec: str, cfg: Any, root: str | Path) -> Any:
     """Build the ``kind`` (``generator`` | ``labeler``) named by ``spec`` with its section config and root."""
-    from fmmc.registry import build
+    from fmmc.core.registry import build
 
     return build(kind, spec, cfg=cfg, root=Path(root))
 
@@ -35,7 +35,7 @@ def build_grounded_sam(arg: str = "", cfg: Any = None, root: str | Path = ".") -
     from fmmc.synth.label import LabelConfig, Labeler
 
     if isinstance(cfg, dict):
-        from fmmc.config import from_dict
+        from fmmc.core.config import from_dict
 
         cfg = from_dict(LabelConfig, cfg, where="label")
     return Labeler(cfg, root)

@@ -25,10 +25,10 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from fmmc.config import save_config
+from fmmc.core.config import save_config
 from fmmc.data.dataset import load_dataset, split_regions
 from fmmc.data.records import Region
-from fmmc.head.mlp import MaterialHead, fit_temperature
+from fmmc.model.head import MaterialHead, fit_temperature
 from fmmc.taxonomy import Taxonomy, load_taxonomy
 from fmmc.train.config import TrainConfig
 
@@ -85,8 +85,8 @@ def _class_weights(y: torch.Tensor, k: int) -> torch.Tensor:
 
 def train(cfg: TrainConfig) -> Path:
     """Run training; returns the run directory (model in ``RUN/model``)."""
-    from fmmc.encoder import build_encoder
-    from fmmc.model import MaterialClassifier
+    from fmmc.model.classifier import MaterialClassifier
+    from fmmc.model.encoder import build_encoder
 
     t0 = time.time()
     seed_everything(cfg.seed)

@@ -1,6 +1,6 @@
 """Images + masks on disk -> pooled vision features, batched, prefetched and cached.
 
-    >>> from fmmc.registry import build
+    >>> from fmmc.core.registry import build
     >>> ex = FeatureExtractor(build("backbone", "builtin:efficientnet-lite0"), pooling="max")   # doctest: +SKIP
     >>> feats, ok, failed = ex.extract_regions(regions)                                          # doctest: +SKIP
 
@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from fmmc.data.imageio import ImageError, box_to_mask, file_sha256, load_image, load_mask
 from fmmc.data.records import Region
-from fmmc.features.cache import FeatureCache
+from fmmc.vision.cache import FeatureCache
 from fmmc.vision.pooling import mask_to_grid, pool
 from fmmc.vision.protocol import Preprocess, as_output
 

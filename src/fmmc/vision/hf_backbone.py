@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from fmmc.hub import load_pretrained, resolve_weights
+from fmmc.core.hub import load_pretrained, resolve_weights
 from fmmc.vision.protocol import IMAGENET_MEAN, IMAGENET_STD, BackboneOutput, Preprocess
 
 log = logging.getLogger(__name__)

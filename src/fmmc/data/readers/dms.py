@@ -35,8 +35,8 @@ import numpy as np
 from PIL import Image
 
 from fmmc.data.dataset import DatasetError
+from fmmc.data.readers.testsets import IMAGE_EXTS, TestSet, _wh, image_size
 from fmmc.data.records import Region
-from fmmc.evaluation.datasets import IMAGE_EXTS, TestSet, _wh, image_size
 
 log = logging.getLogger(__name__)
 
@@ -108,9 +108,9 @@ def load_dms(root: Path, split: str | None = None, cache_dir: str | Path | None 
              min_area: str | float = 0.01, keep: str = "taxonomy", masks: str | None = None, missing: str = "error",
              map: str = "dms", taxonomy: str | None = None) -> TestSet:  # noqa: A002 - option name
     """Regions of DMS label maps (see the module docstring for the options)."""
-    from fmmc.features.cache import default_cache_dir
     from fmmc.taxonomy import load_label_map
     from fmmc.taxonomy.taxonomy import dms_non_materials
+    from fmmc.vision.cache import default_cache_dir
 
     try:
         min_frac = float(min_area)

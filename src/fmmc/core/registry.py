@@ -11,7 +11,7 @@ A *spec* names a component and where its weights come from::
 Built-in entries are declared as ``"module:function"`` strings, so nothing heavy is imported until a
 component is built. ``fmmc list KIND`` prints every known spec of a kind.
 
-    >>> from fmmc.registry import build
+    >>> from fmmc.core.registry import build
     >>> backbone = build("backbone", "hf:facebook/dinov2-base", image_size=448)   # doctest: +SKIP
 """
 

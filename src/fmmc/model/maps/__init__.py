@@ -9,9 +9,9 @@
 CLI: ``fmmc segment MODEL IMAGE --out DIR [--mode sam|grid]`` and ``fmmc segment MODEL --eval-dms DIR``.
 """
 
-from fmmc.maps.evaluate import evaluate_maps, load_dms_pairs, map_metrics
-from fmmc.maps.material_map import MapRegion, MaterialMap
-from fmmc.maps.segment import MODES, classify_masks, segment_image
+from fmmc.model.maps.evaluate import evaluate_maps, load_dms_pairs, map_metrics
+from fmmc.model.maps.material_map import MapRegion, MaterialMap
+from fmmc.model.maps.segment import MODES, classify_masks, segment_image
 
 __all__ = ["MODES", "MapRegion", "MaterialMap", "classify_masks", "evaluate_maps", "load_dms_pairs", "map_metrics",
            "segment_image"]

@@ -118,6 +118,6 @@ def _reason(row: dict[str, Any]) -> str:
 
 
 def _plain(obj: Any) -> Any:
-    from fmmc.evaluation.files import _clean
+    from fmmc.core.io import _clean
 
     return _clean(obj)

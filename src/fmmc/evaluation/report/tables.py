@@ -18,9 +18,9 @@ from typing import Any
 
 import yaml
 
-from fmmc.evaluation.files import dumps, write_json_atomic, write_text_atomic
+from fmmc.core.io import dumps, write_json_atomic, write_text_atomic
 from fmmc.evaluation.grid import GridConfig, _columns
-from fmmc.evaluation.report import fmt, md_table, pair, with_ci
+from fmmc.evaluation.report.markdown import fmt, md_table, pair, with_ci
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +108,7 @@ def table_markdown(tab: dict[str, Any]) -> str:
 
 
 def _curve(tab: dict[str, Any], path: Path) -> bool:
-    from fmmc.evaluation.plots import curve_png
+    from fmmc.evaluation.report.plots import curve_png
 
     series: dict[str, list[tuple[float, float]]] = {}
     paper: dict[str, list[tuple[float, float]]] = {}
@@ -152,7 +152,7 @@ def write_tables(cfg: GridConfig, result: Any) -> Path:
 
 def tables_text(result: Any, cfg: GridConfig) -> str:
     """The tables as plain text for the console (ours, then the paper's in parentheses)."""
-    from fmmc.evaluation.report import text_table
+    from fmmc.evaluation.report.markdown import text_table
 
     parts = []
     for tab in build_tables(cfg, result):

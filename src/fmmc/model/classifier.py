@@ -25,7 +25,7 @@ from PIL import Image
 from fmmc import __version__
 from fmmc.data.imageio import box_to_mask, load_image, load_mask
 from fmmc.data.records import Region
-from fmmc.head.mlp import MaterialHead
+from fmmc.model.head import MaterialHead
 from fmmc.taxonomy import Taxonomy, load_taxonomy
 
 log = logging.getLogger(__name__)
@@ -62,7 +62,7 @@ class Prediction:
         if self.description is not None:
             out["description"] = self.description
         if self.mask is not None:
-            from fmmc.regions import mask_summary
+            from fmmc.grounding.prompts import mask_summary
 
             out["mask"] = mask_summary(self.mask)
         out.update(self.extra)
@@ -155,7 +155,7 @@ class MaterialClassifier:
     @property
     def encoder(self) -> Any:
         if self._encoder is None:
-            from fmmc.encoder import build_encoder
+            from fmmc.model.encoder import build_encoder
 
             c = self.config
             enc = build_encoder(c["streams"], c.get("backbone"), c.get("text_encoder"), c.get("describer"),
@@ -208,13 +208,15 @@ class MaterialClassifier:
         """Classify one region of one image: ``mask`` (path or bool array), ``box`` (x0, y0, x1, y1), or the
         whole image. ``classes`` restricts the answer to a subset of the taxonomy.
 
-        Region prompts (:mod:`fmmc.regions`): ``point=(x, y)`` or ``object="the mug"`` ask SAM (and the
+        Region prompts (:mod:`fmmc.grounding.prompts`): ``point=(x, y)`` or ``object="the mug"`` ask SAM (and the
         grounder) for the mask; ``refine=True`` turns ``box`` into a SAM prompt too. The mask used is
         returned as ``Prediction.mask``."""
         img = _as_image(image)
         region = None
         if prompts:
-            from fmmc.regions import resolve_prompt  # point= / object= / refine= prompts (SAM, grounding)
+            from fmmc.grounding.prompts import (
+                resolve_prompt,  # point= / object= / refine= prompts (SAM, grounding)
+            )
 
             if mask is not None:
                 raise ValueError("give mask= or a region prompt (point=, object=, refine=), not both")
@@ -242,9 +244,9 @@ class MaterialClassifier:
         return pred
 
     def segment(self, image: str | Path | Image.Image | np.ndarray, mode: str = "sam", **kwargs: Any) -> Any:
-        """A material map of the whole image (:class:`fmmc.maps.MaterialMap`): ``mode="sam"`` classifies SAM's
-        automatic regions, ``mode="grid"`` every backbone patch (fast, no SAM). See :func:`fmmc.maps.segment_image`."""
-        from fmmc.maps import segment_image
+        """A material map of the whole image (:class:`fmmc.model.maps.MaterialMap`): ``mode="sam"`` classifies SAM's
+        automatic regions, ``mode="grid"`` every backbone patch (fast, no SAM). See :func:`fmmc.model.maps.segment_image`."""
+        from fmmc.model.maps import segment_image
 
         return segment_image(self, _as_image(image), mode=mode, **kwargs)
 
@@ -262,6 +264,6 @@ def _as_image(image: str | Path | Image.Image | np.ndarray) -> Image.Image:
 def _download(repo_id: str) -> Path:
     from huggingface_hub import snapshot_download
 
-    from fmmc.hub import load_pretrained
+    from fmmc.core.hub import load_pretrained
 
     return Path(load_pretrained(lambda rid, **kw: snapshot_download(rid, **kw), repo_id, "fmmc model"))

@@ -1,6 +1,6 @@
 """Scoring material maps against dense label maps (DMS): pixel accuracy, mIoU and mAcc.
 
-    >>> from fmmc.maps import evaluate_maps, load_dms_pairs
+    >>> from fmmc.model.maps import evaluate_maps, load_dms_pairs
     >>> report = evaluate_maps(model, load_dms_pairs("DMS_v1", split="test"), mode="grid")   # doctest: +SKIP
     >>> report["pixel_acc"], report["miou"]                                                  # doctest: +SKIP
 
@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from fmmc.maps.render import UNLABELLED
+from fmmc.model.maps.render import UNLABELLED
 
 log = logging.getLogger(__name__)
 

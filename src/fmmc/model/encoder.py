@@ -102,8 +102,8 @@ def build_encoder(streams: str, backbone: str | torch.nn.Module | None, text_enc
                   dtype: str = "fp32", device: str = "cpu", batch_size: int = 8, cache_dir: str | Path | None = None,
                   use_cache: bool = True, compile: bool = False) -> TwoStreamEncoder:
     """Build the two streams from specs (through the registry). ``compile`` = torch.compile the backbone."""
-    from fmmc.features.cache import FeatureCache, default_cache_dir, namespace_of
-    from fmmc.registry import build
+    from fmmc.core.registry import build
+    from fmmc.vision.cache import FeatureCache, default_cache_dir, namespace_of
     from fmmc.vision.extractor import FeatureExtractor
 
     extractor = None

@@ -1,6 +1,6 @@
 """Whole-image material maps from a trained classifier, two ways.
 
-    >>> from fmmc.maps import segment_image
+    >>> from fmmc.model.maps import segment_image
     >>> mmap = segment_image(model, image, mode="sam")    # SAM proposes regions, each one classified  # doctest: +SKIP
     >>> mmap = segment_image(model, image, mode="grid")   # every backbone patch classified (fast)      # doctest: +SKIP
 
@@ -25,8 +25,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from fmmc.maps.material_map import MapRegion, MaterialMap
-from fmmc.maps.render import UNLABELLED
+from fmmc.model.maps.material_map import MapRegion, MaterialMap
+from fmmc.model.maps.render import UNLABELLED
 
 log = logging.getLogger(__name__)
 
@@ -154,7 +154,7 @@ def paint(masks: Sequence[np.ndarray], probs: np.ndarray) -> tuple[np.ndarray, n
 def sam_map(model: Any, image: Image.Image, *, classes: list[str] | None, description: str | None,
             points_per_side: int, pred_iou_thresh: float, stability_thresh: float, min_area_frac: float,
             max_regions: int, max_side: int) -> MaterialMap:
-    from fmmc.regions import component_spec, get_component
+    from fmmc.grounding.prompts import component_spec, get_component
 
     if model.config.get("null_mask"):
         log.warning("this model was trained with null_mask (whole images): its region labels may be unreliable")

@@ -83,7 +83,7 @@ def get_component(model: Any, kind: str) -> Any:
     with _BUILD_LOCK:
         cache = model.__dict__.setdefault(_ATTR, {})
         if kind not in cache:
-            from fmmc.registry import build
+            from fmmc.core.registry import build
 
             spec = component_spec(model, kind)
             log.info("building %s %s", kind, spec)

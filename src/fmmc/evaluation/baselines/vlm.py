@@ -5,7 +5,7 @@
 
 The region is shown as the describers show it (red outline + close-up crop, :mod:`fmmc.language.marking`)
 and the model is asked for one material from the list of candidate classes (the test set's classes with
-``--classes restrict``). Replies are parsed by :class:`fmmc.evaluation.answers.AnswerParser`; a reply it
+``--classes restrict``). Replies are parsed by :class:`fmmc.evaluation.baselines.answers.AnswerParser`; a reply it
 cannot map to a class is an abstention (counted wrong) and listed in the report with the raw text.
 Raw replies are cached in SQLite (keyed by image/mask bytes, model, and a hash of prompt + class list +
 marking), so a re-run costs nothing and a better parser applies to cached replies too. Each prediction is
@@ -22,8 +22,8 @@ from typing import Any
 import numpy as np
 
 from fmmc.data.records import Region
-from fmmc.evaluation.answers import AnswerParser
-from fmmc.model import Prediction
+from fmmc.evaluation.baselines.answers import AnswerParser
+from fmmc.model.classifier import Prediction
 from fmmc.taxonomy import Taxonomy, load_taxonomy
 
 log = logging.getLogger(__name__)

@@ -13,7 +13,7 @@ Spec forms (options after ``?``, joined by ``&``):
     ``map=fmd|dms|FILE``.
 ``dms:/path``
     DMS label maps (PNG values index ``taxonomy.json`` names), RGB images given separately; one region
-    per (image, material). See :mod:`fmmc.evaluation.dms` for its options.
+    per (image, material). See :mod:`fmmc.data.readers.dms` for its options.
 ``folder:/path``
     ``<class>/<image>``: each whole image is one region labelled by its folder. Options: ``map=...``.
 ``jsonl:/path`` or a plain folder with ``metadata.jsonl``
@@ -105,7 +105,7 @@ def load_test_set(spec: str, split: str | None = None, cache_dir: str | Path | N
     elif ds.kind == "folder":
         ts = load_folder(ds.path, **ds.options)
     elif ds.kind == "dms":
-        from fmmc.evaluation.dms import load_dms
+        from fmmc.data.readers.dms import load_dms
 
         ts = load_dms(ds.path, split=split, cache_dir=cache_dir, **ds.options)
     else:

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from fmmc.maps.render import UNLABELLED, hex_color, overlay_image, palette
+from fmmc.model.maps.render import UNLABELLED, hex_color, overlay_image, palette
 from fmmc.taxonomy import Taxonomy
 
 log = logging.getLogger(__name__)

@@ -24,7 +24,7 @@ import torch
 from PIL import Image
 
 from fmmc.data.records import Region
-from fmmc.model import Prediction
+from fmmc.model.classifier import Prediction
 from fmmc.taxonomy import Taxonomy, load_taxonomy
 
 log = logging.getLogger(__name__)
@@ -65,7 +65,7 @@ class ClipZeroShot:
                  device: str = "cpu", batch_size: int = 16) -> None:
         from transformers import AutoConfig, AutoModel, AutoProcessor
 
-        from fmmc.hub import load_pretrained
+        from fmmc.core.hub import load_pretrained
 
         if not source:
             raise ValueError("zeroshot:clip: needs a hub id or a local dir, e.g. zeroshot:clip:openai/clip-vit-base-patch32")
