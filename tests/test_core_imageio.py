@@ -84,9 +84,9 @@ def test_masks(tmp_path):
     with pytest.raises(ImageError, match="mask is empty"):
         load_mask(p)
     Image.fromarray((np.arange(200).reshape(10, 20) % 3 * 100).astype(np.uint8)).save(p)
-    with pytest.raises(ImageError, match="not binary"):
-        load_mask(p)
-    assert load_mask(p, threshold=128).sum() == (np.arange(200) % 3 == 2).sum()
+    # the one mask rule: a non-binary mask is thresholded at MASK_THRESHOLD (128) by default
+    assert load_mask(p).sum() == (np.arange(200) % 3 == 2).sum()
+    assert load_mask(p, threshold=50).sum() == (np.arange(200) % 3 != 0).sum()
 
 
 def test_box_mask_and_errors():

@@ -13,7 +13,7 @@ from PIL import Image
 from fmmc.data.dataset import DatasetError
 from fmmc.data.imageio import load_mask
 from fmmc.data.readers.testsets import load_test_set, parse_data_spec
-from fmmc.vision.extractor import region_mask
+from fmmc.data.regions import load_region
 
 
 def test_parse_data_spec(tmp_path: Path):
@@ -41,7 +41,7 @@ def test_fmd_loader(tmp_path: Path):
     assert len(raw) > 2  # JPEG mask: not binary, so it must be thresholded
     with pytest.raises(ValueError, match="not binary"):
         load_mask(r.mask)
-    m = region_mask(r, Image.open(r.image).size)  # the extractor honours mask_threshold
+    m = load_region(r)[1]  # the one region rule honours mask_threshold
     assert m[19:45, 19:45].all() and m.sum() == 26 * 26
 
 

@@ -173,7 +173,7 @@ def test_components_come_from_config_and_are_built_once(monkeypatch):
         return object()
 
     monkeypatch.setattr("fmmc.core.registry.build", slow_build)
-    model = SimpleNamespace(config={"segmenter": "hf:/somewhere/sam"})
+    model = SimpleNamespace(config=SimpleNamespace(segmenter="hf:/somewhere/sam"))
     assert component_spec(model, "segmenter") == "hf:/somewhere/sam"
     assert component_spec(model, "grounder") == "hf:IDEA-Research/grounding-dino-base"
     got = []

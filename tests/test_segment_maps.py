@@ -91,12 +91,12 @@ def test_overlay_and_boundaries():
 
 
 def test_grid_mode_needs_a_vision_head():
-    lang = SimpleNamespace(config={"streams": "language"}, encoder=SimpleNamespace(extractor=None))
+    lang = SimpleNamespace(config=SimpleNamespace(streams="language"), encoder=SimpleNamespace(extractor=None))
     from fmmc.model.maps.segment import grid_map
 
     with pytest.raises(ValueError, match="streams=vision"):
         grid_map(lang, Image.new("RGB", (8, 8)), classes=None, description=None)
-    both = SimpleNamespace(config={"streams": "both"},
+    both = SimpleNamespace(config=SimpleNamespace(streams="both", describer="openai:x"),
                            encoder=SimpleNamespace(text_encoder=object(), describer=SimpleNamespace(spec="openai:x")))
     with pytest.raises(ValueError, match="train a vision-only model"):
         _constant_text(both, None)

@@ -12,7 +12,8 @@ import json
 import sys
 from pathlib import Path
 
-IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"}
+from fmmc.core.paths import IMAGE_EXTS
+
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -20,10 +21,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("model", help="model directory (from `fmmc train`) or hub id")
     p.add_argument("input", help="image file, folder of images, or dataset folder with metadata.jsonl")
     g = p.add_mutually_exclusive_group()
-    g.add_argument("--mask", help="region mask PNG (same size as the image, non-zero = region)")
+    g.add_argument("--mask", help="region mask (same size as the image): binary PNG (non-zero = region) or a JPEG/"
+                                  "soft mask (pixels >= --mask-threshold)")
     g.add_argument("--box", help="region box x0,y0,x1,y1 in pixels")
     g.add_argument("--point", help="a point x,y on the object (needs a segmenter: SAM)")
     g.add_argument("--object", help="object name to find (needs a grounder + segmenter)")
+    p.add_argument("--mask-threshold", type=int, metavar="T",
+                   help="non-binary masks (JPEG, anti-aliased): pixels >= T are the region (default 128; "
+                        "binary masks: every non-zero pixel). Also applies to a folder's or dataset's masks")
     p.add_argument("--description", help="appearance description for the language stream (else the describer's)")
     p.add_argument("--classes", help="comma-separated subset of the taxonomy to choose from")
     p.add_argument("--top-k", type=int, default=5)
@@ -71,7 +76,8 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError("--refine works with --box (SAM segments the object inside it)")
         prompts["refine"] = True
     pred = model.predict(src, mask=args.mask, box=_floats(args.box, 4, "box") if args.box else None,
-                         description=args.description, classes=classes, **prompts)
+                         description=args.description, classes=classes, mask_threshold=args.mask_threshold,
+                         **prompts)
     if args.save_mask and pred.mask is not None:
         from PIL import Image
 
@@ -95,6 +101,9 @@ def _batch(model, src: Path, classes, args: argparse.Namespace) -> int:
         if not files:
             raise ValueError(f"{src}: no images ({', '.join(sorted(IMAGE_EXTS))}) and no metadata.jsonl")
         regions = [Region(image=p, id=str(p.relative_to(src))) for p in files]
+    if args.mask_threshold is not None:  # a line's own mask_threshold wins
+        for r in regions:
+            r.extra.setdefault("mask_threshold", args.mask_threshold)
     preds, failures = model.predict_regions(regions, classes=classes, progress=not args.quiet)
     rows = [dict(p.to_json(args.top_k), **({"true_label": r.label} if r.label else {}))
             for r, p in zip(regions, preds) if p is not None]

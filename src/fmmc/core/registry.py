@@ -34,6 +34,11 @@ class Entry:
     target: str
     help: str
     examples: tuple[str, ...] = ()
+    kind: str = ""
+
+    def load(self) -> Callable[..., Any]:
+        """The target function, imported now (a clear ImportError names the extra to install)."""
+        return _import_target(self.target, what=f"built-in {self.kind or 'component'} {self.prefix!r}")
 
 
 @dataclass
@@ -42,7 +47,7 @@ class Registry:
     entries: dict[str, Entry] = field(default_factory=dict)
 
     def add(self, prefix: str, target: str, help: str, examples: tuple[str, ...] = ()) -> None:
-        self.entries[prefix] = Entry(prefix, target, help, examples or (prefix,))
+        self.entries[prefix] = Entry(prefix, target, help, examples or (prefix,), self.kind)
 
     def parse(self, spec: str) -> tuple[Entry | None, str]:
         """Split ``spec`` into its entry and argument; a ``module.path:factory`` spec has no entry."""
@@ -66,8 +71,7 @@ class Registry:
             factory = _import_target(arg, what=f"{self.kind} factory")
             obj = factory(**kwargs)
         else:
-            factory = _import_target(entry.target, what=f"built-in {self.kind} {entry.prefix!r}")
-            obj = factory(arg, **kwargs)
+            obj = entry.load()(arg, **kwargs)
         try:
             obj.spec = spec
         except (AttributeError, TypeError):
@@ -180,4 +184,40 @@ _declare(
      ("grounded-sam",)),
     ("whole-image", "fmmc.synth.stages:build_whole_image",
      "no models, the whole image is the region: for dry runs of the pipeline only", ("whole-image",)),
+)
+_declare(
+    "dataset",
+    ("fmd", "fmmc.data.readers.fmd:load_fmd",
+     "FMD layout: image/<class>/*.jpg + mask/<class>/*.jpg (same stem), one region per image; "
+     "options missing=error|skip, map=fmd|dms|FILE",
+     ("fmd:/path/to/fmd", "fmd:/path/to/fmd?missing=skip")),
+    ("dms", "fmmc.data.readers.dms:load_dms",
+     "DMS label maps (labels/<split>/*.png, any case) + RGB images matched by stem, one region per (image, material); "
+     "options images, min_area, keep, masks, missing, map, taxonomy",
+     ("dms:/path/to/DMS_v1", "dms:/path/to/labels?images=/path/to/rgb&min_area=0.01")),
+    ("folder", "fmmc.data.readers.folder:load_folder",
+     "<class>/<image>: every whole image is one region of its folder's class; option map=fmd|dms|FILE",
+     ("folder:/path/to/classes",)),
+    ("jsonl", "fmmc.data.readers.jsonl:load_jsonl",
+     "the fmmc dataset format (metadata.jsonl); a plain folder holding metadata.jsonl means the same",
+     ("jsonl:/path/to/dataset", "/path/to/dataset")),
+)
+_declare(
+    "baseline",
+    ("clip", "fmmc.evaluation.baselines.clip:build_clip_zeroshot",
+     "zero-shot CLIP/SigLIP prompt ensemble on the masked region crop; evaluate as `fmmc eval zeroshot:clip:<id>`; "
+     "options templates=FILE, device, batch_size, taxonomy",
+     ("clip:openai/clip-vit-base-patch32", "clip:google/siglip-base-patch16-224", "clip:/path/to/local/clip")),
+    ("vlm", "fmmc.evaluation.baselines.vlm:build_vlm_zeroshot",
+     "zero-shot VLM (an `llm` spec: any OpenAI-compatible chat endpoint with image input) picks one class; "
+     "evaluate as `fmmc eval zeroshot:vlm:openai:<model>`; options base_url, marking, workers, taxonomy, ...",
+     ("vlm:openai:gpt-4o", "vlm:openai:Qwen/Qwen2.5-VL-7B-Instruct?base_url=http://localhost:8000/v1")),
+)
+_declare(
+    "llm",
+    ("none", "fmmc.synth.llm_triplets:build_no_llm", "no LLM: the curated triplet table only (default)", ("none",)),
+    ("openai", "fmmc.synth.llm_triplets:build_openai_llm",
+     "any OpenAI-compatible chat-completions endpoint (OpenAI, vLLM, Ollama, LM Studio); base URL from "
+     "triplets.llm_base_url, FMMC_OPENAI_BASE_URL or OPENAI_BASE_URL, key from OPENAI_API_KEY",
+     ("openai:gpt-4o-mini", "openai:Qwen/Qwen2.5-7B-Instruct")),
 )

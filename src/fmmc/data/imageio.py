@@ -15,6 +15,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 DEFAULT_MAX_PIXELS = 64_000_000  # ~8000x8000; larger uploads are almost always mistakes or attacks
+MASK_THRESHOLD = 128  # non-binary masks (JPEG, anti-aliased): pixels >= this are the region (see mask_from_array)
 
 
 class ImageError(ValueError):
@@ -107,10 +108,9 @@ def load_mask(
     threshold: int | None = None,
     max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> np.ndarray:
-    """Load a mask as a bool array ``[H, W]`` (non-zero = region).
+    """Load a mask as a bool array ``[H, W]`` with the one mask rule (:func:`mask_from_array`).
 
-    ``size`` is the image's (width, height); a mask of another size is an error. Masks must be binary
-    (0 and one other value) unless ``threshold`` is given (JPEG masks, e.g. FMD: ``threshold=128``).
+    ``size`` is the image's (width, height); a mask of another size is an error.
     """
     name = name or (str(source) if isinstance(source, (str, Path)) else "<mask>")
     img = _open(source, name, max_pixels)
@@ -128,16 +128,34 @@ def load_mask(
     if size is not None and (arr.shape[1], arr.shape[0]) != tuple(size):
         raise ImageError(name, f"mask is {arr.shape[1]}x{arr.shape[0]} but its image is {size[0]}x{size[1]}",
                          "masks must have the image's size; regenerate or resize the mask with nearest-neighbour")
-    if threshold is not None:
+    return mask_from_array(arr, name, threshold)
+
+
+def mask_from_array(arr: np.ndarray, name: str = "mask", threshold: int | None = None) -> np.ndarray:
+    """The one mask rule, for files and arrays alike -> bool ``[H, W]``.
+
+    * bool arrays are taken as they are;
+    * a *binary* mask (0 and one other value: 0/1, 0/255, ...) -> every non-zero pixel is the region;
+    * any other mask (JPEG masks such as FMD's, anti-aliased PNGs, soft masks) -> pixels ``>= threshold``,
+      where ``threshold`` defaults to :data:`MASK_THRESHOLD` (128, the middle of 8-bit grey).
+
+    An explicit ``threshold`` always applies (``>= threshold``), binary or not. An empty result is an error.
+    """
+    arr = np.asarray(arr)
+    if arr.ndim == 3 and arr.shape[-1] in (1, 3, 4):
+        arr = arr.max(axis=-1)
+    if arr.ndim != 2:
+        raise ImageError(name, f"mask must be 2-D [H, W], got shape {tuple(arr.shape)}", "pass a single-channel mask")
+    if arr.dtype == bool:
+        mask = arr
+    elif threshold is not None:
         mask = arr >= threshold
     else:
         values = np.unique(arr)
-        if len(values) > 2 or (len(values) == 2 and values[0] != 0):
-            raise ImageError(name, f"mask is not binary (values {values[:6].tolist()}{'...' if len(values) > 6 else ''})",
-                             "write 0 for background and 255 for the region, or pass threshold=128 for JPEG masks")
-        mask = arr > 0
+        binary = len(values) <= 2 and values[0] == 0
+        mask = arr > 0 if binary else arr >= MASK_THRESHOLD
     if not mask.any():
-        raise ImageError(name, "mask is empty (no non-zero pixel)", "drop this region or fix its mask")
+        raise ImageError(name, "mask is empty (no pixel inside the region)", "drop this region or fix its mask")
     return mask
 
 
@@ -154,6 +172,17 @@ def box_to_mask(box: tuple[float, float, float, float], size: tuple[int, int], n
     mask = np.zeros((h, w), dtype=bool)
     mask[yi0:yi1, xi0:xi1] = True
     return mask
+
+
+def image_size(path: str | Path) -> tuple[int, int]:
+    """(width, height) of the upright image (EXIF orientation applied), read from the header only."""
+    with Image.open(path) as im:
+        size = im.size
+        try:
+            orientation = im.getexif().get(0x0112, 1)
+        except Exception:  # noqa: BLE001 - a broken EXIF block: the stored size
+            orientation = 1
+    return (size[1], size[0]) if orientation in (5, 6, 7, 8) else size
 
 
 def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:

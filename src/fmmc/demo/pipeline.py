@@ -292,9 +292,8 @@ def evaluate(runs: dict[str, Path], info: DatasetInfo, models: dict[str, str], c
     test = load_dataset(info.root, split="test")
     # one encoder for every head, built as the two-stream run was trained (same features, from the cache)
     c = MaterialClassifier.from_pretrained(runs["both"] / "model").config
-    encoder = build_encoder("both", c["backbone"], c["text_encoder"], c["describer"], image_size=c["image_size"],
-                            pooling=c["pooling"], min_coverage=c["min_coverage"], dtype=c["dtype"], batch_size=16,
-                            cache_dir=cache)
+    encoder = build_encoder("both", c.feature_spec(), c.text_encoder, c.describer, batch_size=16, cache_dir=cache,
+                            preprocess=c.preprocess)
     truth = np.array([labels.index(r.label) for r in test])
     streams_out, confusion, preds_by = {}, {}, {}
     for streams, run in runs.items():

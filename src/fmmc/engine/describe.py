@@ -41,7 +41,7 @@ class DescribeStage:
 
     def __call__(self, items: list[Item]) -> list[Item]:
         from fmmc.data.dataset import parse_line
-        from fmmc.language.describers import load_region
+        from fmmc.data.regions import load_region
 
         out = []
         for item in items:

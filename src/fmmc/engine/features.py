@@ -24,33 +24,22 @@ from typing import Any
 
 import numpy as np
 
+from fmmc.core.device import resolve_device
 from fmmc.data.records import Region
 from fmmc.engine.base import Engine, Failure, Item
+from fmmc.model.config import FeatureSpec
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
-class FeatureJob:
-    """Everything that decides a feature (and so the cache namespace), as in TrainConfig."""
+class FeatureJob(FeatureSpec):
+    """A feature-extraction run: the :class:`~fmmc.model.config.FeatureSpec` fields (what decides a
+    feature, and so the cache key, exactly as in TrainConfig) plus where and how fast to run."""
 
-    backbone: str = "hf:facebook/dinov2-base"
-    image_size: int | None = None
-    pooling: str = "max"
-    min_coverage: float = 0.5
-    dtype: str = "fp32"
     device: str = "auto"  # auto: cuda when the worker has a GPU, else cpu
     batch_size: int = 8  # images per forward pass (and per engine batch)
     cache_dir: str | None = None  # as TrainConfig.cache_dir: None = ~/.cache/fmmc (or $FMMC_CACHE)
-    null_mask: bool = False  # ablation: pool the whole image
-
-
-def resolve_device(device: str) -> str:
-    if device != "auto":
-        return device
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 class FeatureStage:
@@ -61,6 +50,8 @@ class FeatureStage:
         from fmmc.core.registry import build
         from fmmc.vision.extractor import FeatureExtractor
 
+        if not job.backbone:
+            raise ValueError("a feature job needs a backbone spec, e.g. backbone='hf:facebook/dinov2-base'")
         backbone = build("backbone", job.backbone, image_size=job.image_size)
         self.extractor = FeatureExtractor(backbone, pooling=job.pooling, min_coverage=job.min_coverage,
                                           batch_size=job.batch_size, dtype=job.dtype,

@@ -79,7 +79,9 @@ def _zeroshot(spec: str, cache_dir: str | Path | None, device: str) -> Any:
 
 def model_config(model: Any) -> dict[str, Any]:
     """The settings that identify a model's predictions, for reports (no weights, no secrets)."""
-    cfg = dict(getattr(model, "config", {}) or {})
+    cfg = getattr(model, "config", {}) or {}
+    if not isinstance(cfg, dict):
+        cfg = cfg.to_json()
     if "head" in cfg:  # a trained MaterialClassifier: keep the component specs, drop the bulky parts
         keep = ("streams", "backbone", "image_size", "pooling", "min_coverage", "null_mask", "dtype", "text_encoder",
                 "describer", "mode", "fmmc_version")

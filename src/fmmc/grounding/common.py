@@ -107,21 +107,6 @@ def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
     return float(inter / union) if union else 0.0
 
 
-def resolve_device(device: str | None) -> str:
-    """``"auto"`` -> ``"cuda"`` when torch sees a GPU, else ``"mps"`` on Apple silicon, else ``"cpu"``."""
-    import torch
-
-    device = (device or "auto").strip().lower()
-    if device == "auto":
-        if torch.cuda.is_available():
-            return "cuda"
-        mps = getattr(torch.backends, "mps", None)
-        return "mps" if mps is not None and mps.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} requested but torch sees no CUDA GPU; use device='cpu' or 'auto'")
-    return device
-
-
 def resolve_dtype(dtype: str | None) -> Any:
     """``None``/``"float32"``/``"bfloat16"``/``"float16"`` -> a torch dtype."""
     import torch

@@ -20,8 +20,9 @@ from typing import Any
 
 from PIL import Image
 
+from fmmc.core.device import resolve_device
 from fmmc.core.hub import load_pretrained
-from fmmc.grounding.common import Detection, box_area, clip_box, nms, resolve_device, resolve_dtype
+from fmmc.grounding.common import Detection, box_area, clip_box, nms, resolve_dtype
 
 log = logging.getLogger(__name__)
 

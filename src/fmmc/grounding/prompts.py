@@ -71,7 +71,7 @@ def component_spec(model: Any, kind: str) -> str:
     """The spec of ``kind`` (``"segmenter"`` or ``"grounder"``) this model uses: its config's, else the default."""
     if kind not in DEFAULT_SPECS:
         raise ValueError(f"unknown region component {kind!r}; choose one of {list(DEFAULT_SPECS)}")
-    spec = (getattr(model, "config", None) or {}).get(kind)
+    spec = getattr(getattr(model, "config", None), kind, None)
     return str(spec) if spec else DEFAULT_SPECS[kind]
 
 

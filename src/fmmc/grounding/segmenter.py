@@ -25,8 +25,9 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from fmmc.core.device import resolve_device
 from fmmc.core.hub import load_pretrained
-from fmmc.grounding.common import MaskResult, resolve_device, resolve_dtype
+from fmmc.grounding.common import MaskResult, resolve_dtype
 
 log = logging.getLogger(__name__)
 

@@ -22,14 +22,13 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 from PIL import Image
 
-from fmmc.data.imageio import ImageError, box_to_mask, file_sha256, load_image, load_mask
+from fmmc.data.imageio import ImageError, file_sha256
 from fmmc.data.records import Region
+from fmmc.data.regions import load_region
 from fmmc.language.cache import DescriptionCache, box_sha
 
 log = logging.getLogger(__name__)
 
-JPEG_SUFFIXES = (".jpg", ".jpeg")
-JPEG_MASK_THRESHOLD = 128  # JPEG masks (FMD) are not exactly binary
 MAX_LOGGED_FAILURES = 5
 
 
@@ -91,22 +90,6 @@ def build_none(arg: str = "", **kwargs: Any) -> NoneDescriber:
 def build_metadata(arg: str = "", **kwargs: Any) -> MetadataDescriber:
     _no_arg("metadata", arg)
     return MetadataDescriber()
-
-
-def load_region(region: Region, mask_threshold: int | None = None) -> tuple[Image.Image, np.ndarray | None]:
-    """The region's RGB image and bool mask ``[H, W]`` (None: whole image). A mask file wins over a box.
-
-    JPEG masks are thresholded at 128 unless ``mask_threshold`` says otherwise.
-    """
-    img = load_image(region.image)
-    if region.mask is not None:
-        threshold = mask_threshold
-        if threshold is None and region.mask.suffix.lower() in JPEG_SUFFIXES:
-            threshold = JPEG_MASK_THRESHOLD
-        return img, load_mask(region.mask, size=img.size, threshold=threshold)
-    if region.box is not None:
-        return img, box_to_mask(region.box, img.size, name=f"box of region {region.id!r}")
-    return img, None
 
 
 def describe_regions(

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from typing import Any
 
 import numpy as np
@@ -130,11 +131,19 @@ def prompt_version(**settings: Any) -> str:
 
 
 def clean_description(text: str) -> str:
-    """One line without surrounding quotes or a leading 'Description:' label."""
+    """One line without surrounding quotes or a leading 'Description:' label, in either order
+    (``"Description: shiny steel"`` and ``Description: "shiny steel"`` both give ``shiny steel``)."""
     text = " ".join(text.split())
-    for label in ("Description:", "description:"):
-        if text.startswith(label):
-            text = text[len(label):].strip()
+    for _ in range(2):  # quotes around a label, or a label before quotes
+        text = _strip_quotes(_LABEL.sub("", _strip_quotes(text), count=1))
+    return text
+
+
+_LABEL = re.compile(r"^[*_#\s]{0,3}description[*_\s]{0,2}:[*_]{0,2}\s*", re.IGNORECASE)
+
+
+def _strip_quotes(text: str) -> str:
+    text = text.strip()
     if len(text) >= 2 and text[0] == text[-1] and text[0] in "\"'`":
-        text = text[1:-1].strip()
+        return text[1:-1].strip()
     return text

@@ -23,8 +23,8 @@ import torch
 from PIL import Image
 
 from fmmc import __version__
-from fmmc.data.imageio import box_to_mask, load_image, load_mask
 from fmmc.data.records import Region
+from fmmc.model.config import HeadConfig, ModelConfig
 from fmmc.model.head import MaterialHead
 from fmmc.taxonomy import Taxonomy, load_taxonomy
 
@@ -69,51 +69,63 @@ class Prediction:
         return out
 
 
+@dataclass
+class RegionInput:
+    """One in-memory region to classify: an RGB image, its mask (None = whole image), the language-stream
+    text (None: the model's describer writes it) and a class subset (names; None = every class)."""
+
+    image: Image.Image
+    mask: np.ndarray | None = None
+    description: str | None = None
+    classes: list[str] | None = None
+
+
 class MaterialClassifier:
-    def __init__(self, config: dict[str, Any], head: MaterialHead, encoder: Any | None = None) -> None:
-        self.config = config
-        self.taxonomy: Taxonomy = load_taxonomy(config["taxonomy"])
+    def __init__(self, config: ModelConfig | dict[str, Any], head: MaterialHead, encoder: Any | None = None) -> None:
+        self.config = config if isinstance(config, ModelConfig) else ModelConfig.from_json(config)
+        self.taxonomy: Taxonomy = load_taxonomy(self.config.taxonomy)
         self.head = head.eval()
         self._encoder = encoder
         self._backbone_state: dict[str, torch.Tensor] | None = None
+        self._device = "cpu"
+        self._cache_dir: str | Path | None = None
 
     # ----- construction -----
     @classmethod
     def from_parts(cls, cfg: Any, taxonomy: Taxonomy, encoder: Any, head: MaterialHead) -> MaterialClassifier:
+        """A classifier from a :class:`~fmmc.train.config.TrainConfig`, its encoder and a trained head."""
+        from fmmc.data.regions import DECODE_RULE
+
         ex = encoder.extractor
-        config = {
-            "fmmc_version": __version__,
-            "taxonomy": taxonomy.to_dict(),
-            "streams": cfg.streams,
-            "backbone": cfg.backbone if ex is not None else None,
-            "preprocess": ex.pre.to_dict() if ex is not None else None,
-            "image_size": cfg.image_size,
-            "pooling": cfg.pooling,
-            "min_coverage": cfg.min_coverage,
-            "null_mask": cfg.null_mask,
-            "dtype": cfg.dtype,
-            "text_encoder": cfg.text_encoder if encoder.text_encoder is not None else None,
-            "describer": cfg.describer if encoder.text_encoder is not None else None,
-            "head": {"vision_dim": head.vision_dim, "text_dim": head.text_dim, "hidden": head.mlp[0].out_features,
-                     "dropout": head.mlp[2].p, "num_classes": len(taxonomy)},
-            "mode": cfg.mode,
-            "train": asdict(cfg),
-        }
+        spec = cfg.feature_spec()
+        if ex is None:
+            spec.backbone = None
+        config = ModelConfig(
+            **asdict(spec), fmmc_version=__version__, taxonomy=taxonomy.to_dict(), streams=cfg.streams,
+            preprocess=ex.pre.to_dict() if ex is not None else None, decode=DECODE_RULE,
+            text_encoder=cfg.text_encoder if encoder.text_encoder is not None else None,
+            describer=cfg.describer if encoder.text_encoder is not None else None,
+            head=HeadConfig(head.vision_dim, head.text_dim, len(taxonomy), head.mlp[0].out_features, head.mlp[2].p),
+            mode=cfg.mode, train=asdict(cfg))
         return cls(config, head, encoder)
 
     def save_pretrained(self, path: str | Path, include_backbone: bool = False) -> Path:
+        """Write ``config.json`` + ``model.safetensors`` (the head; the backbone too for ``mode=full`` or
+        ``include_backbone``, under the names of the backbone's own checkpoint)."""
         from safetensors.torch import save_file
+
+        from fmmc.vision.protocol import export_state
 
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         tensors = {f"head.{k}": v.detach().cpu().contiguous() for k, v in self.head.state_dict().items()}
-        if include_backbone or self.config.get("mode") == "full":
+        if include_backbone or self.config.mode == "full":
             bb = self._encoder.extractor.backbone if self._encoder is not None else None
-            state = bb.state_dict() if bb is not None else (self._backbone_state or {})
+            state = export_state(bb) if bb is not None else (self._backbone_state or {})
             tensors.update({f"backbone.{k}": v.detach().cpu().contiguous() for k, v in state.items()})
-            self.config["backbone_weights_included"] = True
+            self.config.backbone_weights_included = True
         save_file(tensors, str(path / WEIGHTS_NAME), metadata={"format": "pt", "fmmc_version": __version__})
-        (path / CONFIG_NAME).write_text(json.dumps(self.config, indent=1, default=str))
+        (path / CONFIG_NAME).write_text(json.dumps(self.config.to_json(), indent=1, default=str))
         return path
 
     @classmethod
@@ -134,17 +146,22 @@ class MaterialClassifier:
         if not cfg_file.is_file():
             raise ValueError(f"{path} is not an fmmc model: no {CONFIG_NAME} (train one with `fmmc train`)")
         try:
-            config = json.loads(cfg_file.read_text())
+            data = json.loads(cfg_file.read_text())
         except json.JSONDecodeError as e:
             raise ValueError(f"{cfg_file}: not valid JSON: {e}") from e
-        config.update(overrides)
-        h = config["head"]
-        head = MaterialHead(h["vision_dim"], h["text_dim"], h["num_classes"], h["hidden"], h["dropout"], config["streams"])
+        config = ModelConfig.from_json(data, where=str(cfg_file))
+        config.override(**overrides)
+        h = config.head
+        head = MaterialHead(h.vision_dim, h.text_dim, h.num_classes, h.hidden, h.dropout, config.streams)
         weights = path / WEIGHTS_NAME
         if not weights.is_file():
             raise ValueError(f"{path}: missing {WEIGHTS_NAME}")
         state = load_file(str(weights))
-        head.load_state_dict({k[5:]: v for k, v in state.items() if k.startswith("head.")})
+        try:
+            head.load_state_dict({k[5:]: v for k, v in state.items() if k.startswith("head.")})
+        except RuntimeError as e:
+            raise ValueError(f"{weights}: the head weights do not match {cfg_file} ({str(e).splitlines()[0]}); "
+                             "the two files come from different models") from e
         model = cls(config, head)
         model._backbone_state = {k[9:]: v for k, v in state.items() if k.startswith("backbone.")} or None
         model._device = device
@@ -158,22 +175,18 @@ class MaterialClassifier:
             from fmmc.model.encoder import build_encoder
 
             c = self.config
-            enc = build_encoder(c["streams"], c.get("backbone"), c.get("text_encoder"), c.get("describer"),
-                                image_size=c.get("image_size"), pooling=c.get("pooling", "max"),
-                                min_coverage=c.get("min_coverage", 0.5), dtype=c.get("dtype", "fp32"),
-                                device=getattr(self, "_device", "cpu"),
-                                cache_dir=getattr(self, "_cache_dir", None),
-                                use_cache=not self._backbone_state)
-            if self._backbone_state and enc.extractor is not None:
-                enc.extractor.backbone.load_state_dict(self._backbone_state)
-            self._encoder = enc
+            self._encoder = build_encoder(
+                c.streams, c.feature_spec() if c.backbone else None, c.text_encoder, c.describer,
+                device=self._device, cache_dir=self._cache_dir, backbone_state=self._backbone_state,
+                preprocess=c.preprocess)
         return self._encoder
 
     @property
     def labels(self) -> tuple[str, ...]:
         return self.taxonomy.names
 
-    def _classes(self, classes: list[str] | None) -> list[int] | None:
+    def class_indices(self, classes: list[str] | None) -> list[int] | None:
+        """Taxonomy indices of ``classes`` (None = every class); unknown names raise ValueError."""
         if classes is None:
             return None
         idx = self.taxonomy.subset(classes)
@@ -181,37 +194,62 @@ class MaterialClassifier:
             raise ValueError("classes= is empty: give at least one class name")
         return idx
 
-    def _predictions(self, enc: Any, ids: list[str], classes: list[str] | None) -> list[Prediction]:
-        with torch.no_grad():
-            logits = self.head(enc.vis, enc.txt)
-            probs = self.head.probs(logits, self._classes(classes)).cpu().numpy()
-        return [Prediction(p, self.labels, id=i, description=d) for p, i, d in zip(probs, ids, enc.descriptions)]
+    # ----- the one forward: features -> calibrated probabilities -----
+    def logits(self, vis: torch.Tensor | None, txt: torch.Tensor | None) -> torch.Tensor:
+        """Calibrated logits (divided by the fitted temperature) ``[N, K]`` of pooled features."""
+        with torch.inference_mode():
+            return self.head(vis, txt) / self.head.temperature
+
+    def probabilities(self, vis: torch.Tensor | None, txt: torch.Tensor | None,
+                      classes: list[str] | None = None) -> np.ndarray:
+        """Class probabilities ``[N, K]`` of pooled features; ``classes`` restricts the answer (others 0)."""
+        with torch.inference_mode():
+            return self.head.probs(self.head(vis, txt), self.class_indices(classes)).float().cpu().numpy()
+
+    def classify(self, items: list[RegionInput]) -> list[Prediction]:
+        """The one path from in-memory regions to predictions (``predict``, the service and material maps
+        use it). Regions of one image object share one backbone pass; each item may ask its own class
+        subset. Masks are ignored by a model trained with ``null_mask``."""
+        if not items:
+            return []
+        masks = [None if self.config.null_mask else it.mask for it in items]
+        images = [it.image for it in items]
+        enc = self.encoder.encode_arrays(images, masks, [it.description for it in items])
+        out = []
+        for k, it in enumerate(items):
+            vis = None if enc.vis is None else enc.vis[k : k + 1]
+            txt = None if enc.txt is None else enc.txt[k : k + 1]
+            probs = self.probabilities(vis, txt, it.classes)[0]
+            out.append(Prediction(probs, self.labels, description=enc.descriptions[k], mask=it.mask))
+        return out
 
     # ----- inference -----
     def predict_regions(self, regions: list[Region], classes: list[str] | None = None,
                         progress: bool = True) -> tuple[list[Prediction | None], list[tuple[str, str]]]:
         """Predictions aligned with ``regions`` (None where a region failed), and the failures."""
-        if self.config.get("null_mask"):
+        if self.config.null_mask:
             from dataclasses import replace
 
             regions = [replace(r, mask=None, box=None) for r in regions]
         enc = self.encoder.encode_regions(regions, progress=progress)
-        preds = self._predictions(enc, [regions[i].id for i in enc.index], classes)
+        probs = self.probabilities(enc.vis, enc.txt, classes) if enc.index else []
         out: list[Prediction | None] = [None] * len(regions)
-        for i, p in zip(enc.index, preds):
-            out[i] = p
+        for i, p, d in zip(enc.index, probs, enc.descriptions):
+            out[i] = Prediction(p, self.labels, id=regions[i].id, description=d)
         return out, enc.failures
 
     def predict(self, image: str | Path | Image.Image | np.ndarray, mask: str | Path | np.ndarray | None = None,
                 box: tuple[float, float, float, float] | None = None, description: str | None = None,
-                classes: list[str] | None = None, **prompts: Any) -> Prediction:
-        """Classify one region of one image: ``mask`` (path or bool array), ``box`` (x0, y0, x1, y1), or the
-        whole image. ``classes`` restricts the answer to a subset of the taxonomy.
+                classes: list[str] | None = None, mask_threshold: int | None = None, **prompts: Any) -> Prediction:
+        """Classify one region of one image: ``mask`` (path or array), ``box`` (x0, y0, x1, y1), or the
+        whole image. ``classes`` restricts the answer to a subset of the taxonomy. Pixels and masks follow
+        the one region rule (:mod:`fmmc.data.regions`; ``mask_threshold`` for non-binary masks).
 
-        Region prompts (:mod:`fmmc.grounding.prompts`): ``point=(x, y)`` or ``object="the mug"`` ask SAM (and the
-        grounder) for the mask; ``refine=True`` turns ``box`` into a SAM prompt too. The mask used is
+        Region prompts (:mod:`fmmc.grounding.prompts`): ``point=(x, y)`` or ``object="the mug"`` ask SAM (and
+        the grounder) for the mask; ``refine=True`` turns ``box`` into a SAM prompt too. The mask used is
         returned as ``Prediction.mask``."""
-        img = _as_image(image)
+        from fmmc.data.regions import as_image, resolve_region
+
         region = None
         if prompts:
             from fmmc.grounding.prompts import (
@@ -220,45 +258,26 @@ class MaterialClassifier:
 
             if mask is not None:
                 raise ValueError("give mask= or a region prompt (point=, object=, refine=), not both")
+            img = as_image(image)
             region = resolve_prompt(self, img, box=box, **prompts)
             m = region.mask
-        elif mask is not None:
-            m = load_mask(mask, size=img.size) if isinstance(mask, (str, Path)) else np.asarray(mask).astype(bool)
-            if m.shape != (img.height, img.width):
-                raise ValueError(f"mask shape {m.shape} != image size {img.height}x{img.width} (H, W)")
-            if not m.any():
-                raise ValueError("mask is empty: no pixel is inside the region")
-        elif box is not None:
-            m = box_to_mask(box, img.size)
         else:
-            m = None
-        if self.config.get("null_mask"):
-            m_used = None
-        else:
-            m_used = m
-        enc = self.encoder.encode_arrays(img, [m_used], [description])
-        pred = self._predictions(enc, [str(image) if isinstance(image, (str, Path)) else ""], classes)[0]
+            img, m = resolve_region(image, mask, box, mask_threshold=mask_threshold)
+        pred = self.classify([RegionInput(img, m, description, classes)])[0]
+        pred.id = str(image) if isinstance(image, (str, Path)) else ""
         pred.mask = m
         if region is not None:
             pred.extra["region"] = region.to_json()
         return pred
 
     def segment(self, image: str | Path | Image.Image | np.ndarray, mode: str = "sam", **kwargs: Any) -> Any:
-        """A material map of the whole image (:class:`fmmc.model.maps.MaterialMap`): ``mode="sam"`` classifies SAM's
-        automatic regions, ``mode="grid"`` every backbone patch (fast, no SAM). See :func:`fmmc.model.maps.segment_image`."""
+        """A material map of the whole image (:class:`fmmc.model.maps.MaterialMap`): ``mode="sam"`` classifies
+        SAM's automatic regions, ``mode="grid"`` every backbone patch (fast, no SAM). See
+        :func:`fmmc.model.maps.segment_image`."""
+        from fmmc.data.regions import as_image
         from fmmc.model.maps import segment_image
 
-        return segment_image(self, _as_image(image), mode=mode, **kwargs)
-
-
-def _as_image(image: str | Path | Image.Image | np.ndarray) -> Image.Image:
-    if isinstance(image, Image.Image):
-        from fmmc.data.imageio import to_rgb
-
-        return to_rgb(image)
-    if isinstance(image, np.ndarray):
-        return Image.fromarray(image.astype(np.uint8)).convert("RGB")
-    return load_image(image)
+        return segment_image(self, as_image(image), mode=mode, **kwargs)
 
 
 def _download(repo_id: str) -> Path:

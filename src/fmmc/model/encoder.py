@@ -17,6 +17,7 @@ import torch
 from PIL import Image
 
 from fmmc.data.records import Region
+from fmmc.model.config import FeatureSpec
 
 log = logging.getLogger(__name__)
 
@@ -81,10 +82,15 @@ class TwoStreamEncoder:
             txt = torch.empty(0, self.text_dim)
         return Encoded(vis, txt, index, failures, [descriptions[i] for i in index])
 
-    def encode_arrays(self, image: Image.Image, masks: Sequence[np.ndarray | None],
+    def encode_arrays(self, images: Image.Image | Sequence[Image.Image], masks: Sequence[np.ndarray | None],
                       descriptions: Sequence[str | None] | None = None) -> Encoded:
-        """One in-memory image with one or more masks (None = whole image)."""
-        vis = self.extractor.extract_arrays([(image, m) for m in masks]) if self.extractor is not None else None
+        """In-memory regions: one image per mask (or one image for all masks); None = whole image.
+        Masks of one image object share one backbone pass. A missing description is written by the
+        describer."""
+        imgs = [images] * len(masks) if isinstance(images, Image.Image) else list(images)
+        if len(imgs) != len(masks):
+            raise ValueError(f"encode_arrays: {len(imgs)} images for {len(masks)} masks")
+        vis = self.extractor.extract_arrays(list(zip(imgs, masks))) if self.extractor is not None else None
         txt = None
         descs: list[str | None] = list(descriptions) if descriptions is not None else [None] * len(masks)
         if self.text_encoder is not None:
@@ -92,25 +98,42 @@ class TwoStreamEncoder:
                 if descs[k] is None:
                     if self.describer is None:
                         raise ValueError("the language stream needs a description: pass description=... or a describer")
-                    descs[k] = self.describer.describe(image, m, None)
-            txt = self.text_encoder.encode([d or "" for d in descs])
+                    descs[k] = self.describer.describe(imgs[k], m, None)
+            with torch.inference_mode():
+                txt = self.text_encoder.encode([d or "" for d in descs])
         return Encoded(vis, txt, list(range(len(masks))), [], descs)
 
 
-def build_encoder(streams: str, backbone: str | torch.nn.Module | None, text_encoder: str | None, describer: str | None,
-                  image_size: int | None = None, pooling: str = "max", min_coverage: float = 0.5,
-                  dtype: str = "fp32", device: str = "cpu", batch_size: int = 8, cache_dir: str | Path | None = None,
-                  use_cache: bool = True, compile: bool = False) -> TwoStreamEncoder:
-    """Build the two streams from specs (through the registry). ``compile`` = torch.compile the backbone."""
+def build_encoder(streams: str, features: FeatureSpec | None, text_encoder: str | None, describer: str | None, *,
+                  device: str = "cpu", batch_size: int = 8, cache_dir: str | Path | None = None,
+                  use_cache: bool = True, compile: bool = False, backbone: torch.nn.Module | None = None,
+                  backbone_state: dict[str, torch.Tensor] | None = None,
+                  preprocess: dict[str, Any] | None = None) -> TwoStreamEncoder:
+    """Build the two streams: the vision stream from ``features`` (a :class:`FeatureSpec`, through the
+    registry, or ``backbone`` when given as a module), the language stream from its specs.
+
+    ``backbone_state``: weights to load into the backbone (a fine-tuned artifact) before anything is
+    keyed on them. ``preprocess``: the preprocessing a trained model recorded: it is what the backbone
+    uses, with a warning when the checkpoint's own processor now says otherwise. ``compile`` =
+    torch.compile the backbone. The feature cache is keyed by :meth:`FeatureExtractor.settings`, which
+    includes a fingerprint of the weights, so it is safe whatever was loaded.
+    """
     from fmmc.core.registry import build
     from fmmc.vision.cache import FeatureCache, default_cache_dir, namespace_of
     from fmmc.vision.extractor import FeatureExtractor
+    from fmmc.vision.protocol import import_state
 
     extractor = None
     if streams != "language":
-        bb = build("backbone", backbone, image_size=image_size) if isinstance(backbone, str) else backbone
-        extractor = FeatureExtractor(bb, pooling=pooling, min_coverage=min_coverage, batch_size=batch_size, compile=compile,
-                                     dtype=dtype, device=device)
+        if features is None:
+            raise ValueError(f"streams={streams!r} needs a vision backbone: give a FeatureSpec with backbone=...")
+        bb = backbone if backbone is not None else build("backbone", features.backbone, image_size=features.image_size)
+        if backbone_state:
+            import_state(bb, backbone_state)
+        if preprocess is not None:
+            bb.preprocess = recorded_preprocess(bb.preprocess, preprocess, getattr(bb, "spec", features.backbone))
+        extractor = FeatureExtractor(bb, pooling=features.pooling, min_coverage=features.min_coverage,
+                                     batch_size=batch_size, compile=compile, dtype=features.dtype, device=device)
         if use_cache:
             settings = extractor.settings()
             root = Path(cache_dir) / "features" if cache_dir else default_cache_dir()
@@ -126,3 +149,24 @@ def build_encoder(streams: str, backbone: str | torch.nn.Module | None, text_enc
             root.mkdir(parents=True, exist_ok=True)
             dcache = DescriptionCache(root / "descriptions.sqlite")
     return TwoStreamEncoder(streams, extractor, desc, tenc, dcache)
+
+
+def recorded_preprocess(current: Any, recorded: dict[str, Any], spec: str | None) -> Any:
+    """The preprocessing a model was trained with wins over what its backbone's checkpoint says now.
+
+    Where they differ (a processor file lost, edited or replaced), a warning names both values, so a model
+    trained with mean 0.5 is never silently served with ImageNet statistics, or the other way round.
+    """
+    from fmmc.vision.protocol import Preprocess
+
+    want = Preprocess.from_dict(recorded)
+    diffs = [f"{k}: trained with {getattr(want, k)!r}, checkpoint now says {getattr(current, k)!r}"
+             for k in PREPROCESS_FIELDS if getattr(want, k) != getattr(current, k)]
+    if diffs:
+        log.warning("backbone %s: its preprocessing differs from what this model was trained with (%s); using "
+                    "the trained values. Restore the checkpoint's preprocessor_config.json to silence this",
+                    spec, "; ".join(diffs))
+    return want
+
+
+PREPROCESS_FIELDS = ("image_size", "mean", "std", "patch_size", "resample")

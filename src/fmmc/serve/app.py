@@ -33,7 +33,7 @@ from PIL import Image
 
 from fmmc.serve.errors import ApiError, install_handlers
 from fmmc.serve.middleware import GuardMiddleware
-from fmmc.serve.runtime import ClassifyItem, Runtime
+from fmmc.serve.runtime import Runtime
 from fmmc.serve.schemas import ClassifyResponse, ErrorResponse, Health, ModelInfo, SegmentResponse
 from fmmc.serve.settings import ServeSettings
 
@@ -106,9 +106,8 @@ def _load(model_or_path: Any, settings: ServeSettings) -> tuple[Any, str]:
         from fmmc.model.classifier import MaterialClassifier
 
         return MaterialClassifier.from_pretrained(model_or_path, **settings.model_overrides), str(model_or_path)
-    for key, value in settings.model_overrides.items():
-        model_or_path.config[key] = value
-    return model_or_path, str(model_or_path.config.get("name", type(model_or_path).__name__))
+    model_or_path.config.override(**settings.model_overrides)
+    return model_or_path, str(model_or_path.config.name or type(model_or_path).__name__)
 
 
 def create_app(model_or_path: Any, settings: ServeSettings | None = None, name: str | None = None) -> FastAPI:
@@ -157,7 +156,7 @@ def create_app(model_or_path: Any, settings: ServeSettings | None = None, name: 
             return None
         names = [c.strip() for c in classes.split(",") if c.strip()]
         try:
-            return model._classes(names)
+            return model.class_indices(names)
         except ValueError as e:
             raise ApiError(422, "invalid_request", f"classes: {e}") from e
 
@@ -177,6 +176,8 @@ def create_app(model_or_path: Any, settings: ServeSettings | None = None, name: 
         top_k: Annotated[int, Form(ge=1, le=1000)] = 5,
         classes: Annotated[str | None, Form(description="comma-separated subset of the taxonomy")] = None,
         mask_format: Annotated[Literal["none", "png", "rle"], Form(description="include the mask itself")] = "none",
+        mask_threshold: Annotated[int | None, Form(ge=0, le=65535, description=(
+            "non-binary masks (JPEG, anti-aliased): pixels >= this are the region (default 128)"))] = None,
     ) -> dict[str, Any]:
         t0 = time.perf_counter()
         _check_type(image, "image")
@@ -195,33 +196,29 @@ def create_app(model_or_path: Any, settings: ServeSettings | None = None, name: 
             prompts["text_threshold"] = settings.text_threshold
         if mask is not None and prompts:
             raise ApiError(422, "bad_prompt", "give one region: a mask file, or point/box, or object, not several")
-        idx = class_indices(classes)
+        class_indices(classes)  # unknown names: 422 before any work
+        names_subset = [c.strip() for c in classes.split(",") if c.strip()] if classes else None
         data = await image.read()
         mask_data = await mask.read() if mask is not None else None
         image_name = image.filename or "image"
         mask_name = (mask.filename or "mask") if mask is not None else "mask"
 
         def work() -> tuple[Any, Any, dict[str, Any], str | None]:
-            from fmmc.data.imageio import load_mask
+            from fmmc.data.regions import as_mask
+            from fmmc.model.classifier import RegionInput
 
             img = decode_image(data, image_name, settings.max_pixels)
             region: dict[str, Any] = {"source": "image"}
             m = None
             if mask_data is not None:
-                m = load_mask(mask_data, size=img.size, name=mask_name, max_pixels=settings.max_pixels)
+                m = as_mask(mask_data, img.size, name=mask_name, threshold=mask_threshold,
+                            max_pixels=settings.max_pixels)
                 region = {"source": "mask"}
             elif prompts:
                 rp = resolve_prompt(model, img, **prompts)
                 m, region = rp.mask, rp.to_json()
-            desc = description
-            enc = model.encoder
-            if enc.text_encoder is not None and desc is None:
-                if enc.describer is None:
-                    raise ValueError("this model's language stream needs a description: send description=...")
-                desc = enc.describer.describe(img, m, None)
-            used = None if model.config.get("null_mask") else m
-            probs = runtime.classify_sync(ClassifyItem(img, used, desc, idx))
-            return probs, m, region, desc
+            pred = runtime.classify_sync(RegionInput(img, m, description, names_subset))
+            return pred.probs, m, region, pred.description
 
         probs, m, region, desc = await runtime.run(work)
         order = probs.argsort()[::-1][:top_k]
@@ -282,14 +279,14 @@ def create_app(model_or_path: Any, settings: ServeSettings | None = None, name: 
         classes = [{"index": i, "name": n, "description": tax.descriptions[i] if i < len(tax.descriptions) else n,
                     "color": hex_color(tax.color(i))} for i, n in enumerate(tax.names)]
         c = model.config
-        modes = ["sam"] + (["grid"] if c.get("streams") == "vision" or c.get("describer") == "none" else [])
-        return {"name": model_name, "fmmc_version": str(c.get("fmmc_version", __version__)),
-                "streams": str(c.get("streams")), "taxonomy": {"name": tax.name, "classes": classes},
-                "components": {"backbone": c.get("backbone"), "text_encoder": c.get("text_encoder"),
-                               "describer": c.get("describer"), "segmenter": component_spec(model, "segmenter"),
+        modes = ["sam"] + (["grid"] if c.streams == "vision" or c.describer == "none" else [])
+        return {"name": model_name, "fmmc_version": str(c.fmmc_version or __version__),
+                "streams": str(c.streams), "taxonomy": {"name": tax.name, "classes": classes},
+                "components": {"backbone": c.backbone, "text_encoder": c.text_encoder,
+                               "describer": c.describer, "segmenter": component_spec(model, "segmenter"),
                                "grounder": component_spec(model, "grounder")},
                 "segment_modes": modes, "limits": settings.public(),
-                "config": {k: v for k, v in c.items() if k != "taxonomy"}}
+                "config": {k: v for k, v in c.to_json().items() if k != "taxonomy"}}
 
     @app.get("/healthz", response_model=Health, summary="Liveness: the process is up and the model loaded")
     async def healthz() -> dict[str, Any]:
@@ -307,4 +304,4 @@ def create_app(model_or_path: Any, settings: ServeSettings | None = None, name: 
 
 
 def enc_has_text(model: Any) -> bool:
-    return model.config.get("streams") in ("both", "language")
+    return model.config.streams in ("both", "language")

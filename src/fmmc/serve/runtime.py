@@ -1,7 +1,7 @@
 """Running a shared model for many concurrent requests: admission, a worker pool, micro-batching, timeouts.
 
     runtime = Runtime(model, settings)
-    probs = await runtime.run(runtime.classify_sync, image, mask, description, classes)
+    pred = await runtime.run(runtime.classify_sync, RegionInput(image, mask, description, classes))
 
 * Admission: at most ``max_concurrency`` requests work at once and ``max_queue`` wait; any more are
   refused at once with 503 "busy" (a client retries later) instead of piling up.
@@ -23,28 +23,13 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Any, TypeVar
-
-import numpy as np
-import torch
-from PIL import Image
 
 from fmmc.serve.errors import ApiError, from_exception
 from fmmc.serve.settings import ServeSettings
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-
-
-@dataclass
-class ClassifyItem:
-    """One region to classify: the image, its mask (None = whole image) and the language-stream text."""
-
-    image: Image.Image
-    mask: np.ndarray | None
-    description: str | None
-    classes: list[int] | None
 
 
 class MicroBatcher:
@@ -184,22 +169,13 @@ class Runtime:
         self._slots.release()
 
     # ----- classification -----
-    def classify_sync(self, item: ClassifyItem) -> np.ndarray:
-        """Class probabilities ``[K]`` for one region (blocks; call through :meth:`run`)."""
+    def classify_sync(self, item: Any) -> Any:
+        """The :class:`~fmmc.model.classifier.Prediction` for one
+        :class:`~fmmc.model.classifier.RegionInput` (blocks; call through :meth:`run`)."""
         if self.batcher is not None:
             return self.batcher.submit(item).result()
         with self._lock:
             return self._forward([item])[0]
 
-    def _forward(self, items: Sequence[ClassifyItem]) -> list[np.ndarray]:
-        model = self.model
-        enc = model.encoder
-        vis = txt = None
-        if enc.extractor is not None:
-            vis = enc.extractor.extract_arrays([(it.image, it.mask) for it in items])
-        if enc.text_encoder is not None:
-            with torch.inference_mode():
-                txt = enc.text_encoder.encode([it.description or "" for it in items])
-        with torch.inference_mode():
-            logits = model.head(vis, txt)
-            return [model.head.probs(logits[i:i + 1], it.classes)[0].float().cpu().numpy() for i, it in enumerate(items)]
+    def _forward(self, items: Sequence[Any]) -> list[Any]:
+        return self.model.classify(list(items))  # the model's one forward, for the whole micro-batch

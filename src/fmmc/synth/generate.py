@@ -31,6 +31,7 @@ import numpy as np
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
+from fmmc.core.device import resolve_device
 from fmmc.synth.config import GenerateConfig
 
 log = logging.getLogger(__name__)
@@ -46,18 +47,6 @@ SCHEDULERS = {
     "lms": "LMSDiscreteScheduler",
     "heun": "HeunDiscreteScheduler",
 }
-
-
-def resolve_device(device: str) -> str:
-    import torch
-
-    if device != "auto":
-        return device
-    if torch.cuda.is_available():
-        return "cuda"
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return "mps"
-    return "cpu"
 
 
 def resolve_dtype(dtype: str, device: str) -> Any:

@@ -4,20 +4,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from fmmc.model.config import FeatureSpec
+
 
 @dataclass
-class TrainConfig:
+class TrainConfig(FeatureSpec):
+    """The feature fields (backbone, image_size, pooling, min_coverage, dtype, null_mask) come from
+    :class:`~fmmc.model.config.FeatureSpec`, the one description of what decides a vision feature."""
+
     data: str = ""  # dataset folder (metadata.jsonl)
     val_data: str | None = None  # separate validation set; else the `split` field, else a stratified split
     out: str = "runs/train"
     taxonomy: str = "default"
-    # vision stream
-    backbone: str = "hf:facebook/dinov2-base"
-    image_size: int | None = None  # None: the backbone's default (448 for DINOv2)
-    pooling: str = "max"  # max (paper) | mean | cls
-    min_coverage: float = 0.5  # mask -> patch grid rule, see fmmc.vision.pooling
-    null_mask: bool = False  # ablation: ignore masks, pool the whole image
-    dtype: str = "fp32"  # fp32 | bf16 | fp16 (backbone autocast)
+    # vision stream: the FeatureSpec fields, plus
     compile: bool = False  # torch.compile the backbone for extraction (pays off from a few hundred images)
     # language stream
     describer: str = "metadata"

@@ -101,8 +101,7 @@ def train(cfg: TrainConfig) -> Path:
         raise ValueError(f"{cfg.data}: no training regions (all are split=test?)")
     log.info("training on %d regions, validating on %d", len(train_regions), len(val_regions))
 
-    encoder = build_encoder(cfg.streams, cfg.backbone, cfg.text_encoder, cfg.describer, image_size=cfg.image_size,
-                            pooling=cfg.pooling, min_coverage=cfg.min_coverage, dtype=cfg.dtype, device=cfg.device,
+    encoder = build_encoder(cfg.streams, cfg.feature_spec(), cfg.text_encoder, cfg.describer, device=cfg.device,
                             batch_size=cfg.extract_batch_size, cache_dir=cfg.cache_dir, use_cache=cfg.mode == "head",
                             compile=cfg.compile and cfg.mode == "head")
     head = MaterialHead(encoder.vision_dim, encoder.text_dim, len(taxonomy), cfg.hidden, cfg.dropout, cfg.streams)
@@ -226,7 +225,7 @@ def _train_full(cfg: TrainConfig, encoder: Any, head: MaterialHead, taxonomy: Ta
         total, correct, all_logits = 0.0, 0, []
         for i in range(0, len(order), cfg.batch_size):
             idx = order[i : i + cfg.batch_size].tolist()
-            loaded = [ex._load(regions[j]) for j in idx]
+            loaded = [ex.load(regions[j]) for j in idx]
             keep = [k for k, (_, p, err) in enumerate(loaded) if p is not None]
             for k, (_, _p, err) in enumerate(loaded):
                 if err:

@@ -5,6 +5,9 @@
     >>> feats, ok, failed = ex.extract_regions(regions)                                          # doctest: +SKIP
 
 Decoding and resizing the next batch runs in a background thread while the model runs on this one.
+Regions become pixels by the one region rule (:mod:`fmmc.data.regions`); every path to a feature, from
+files (:meth:`FeatureExtractor.extract_regions`) or from memory (:meth:`FeatureExtractor.extract_arrays`,
+:meth:`FeatureExtractor.feature_map`), runs the same :func:`to_pixels` and :meth:`FeatureExtractor.forward`.
 """
 
 from __future__ import annotations
@@ -15,16 +18,18 @@ import logging
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from fmmc.data.imageio import ImageError, box_to_mask, file_sha256, load_image, load_mask
+from fmmc.data.imageio import ImageError, file_sha256
 from fmmc.data.records import Region
+from fmmc.data.regions import DECODE_RULE, MASK_RULE, load_region, region_threshold
 from fmmc.vision.cache import FeatureCache
+from fmmc.vision.fingerprint import weights_fingerprint
 from fmmc.vision.pooling import mask_to_grid, pool
 from fmmc.vision.protocol import Preprocess, as_output
 
@@ -35,10 +40,19 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 CPU_PIXELS_PER_CALL = 4 * 224 * 224  # default forward_batch on CPU: see FeatureExtractor
 
 
+POOL_CHUNK = 16  # masks pooled at once: bounds memory at 16 x C x h x w floats
+
+
 @dataclass
 class Prepared:
     pixels: torch.Tensor  # [3, H, W] normalised
     cells: torch.Tensor  # [h, w] bool
+
+
+class Loaded(NamedTuple):
+    key: str  # the region's cache key ("" when it failed)
+    prepared: Prepared | None  # None: cached, or failed
+    error: str | None
 
 
 def to_pixels(image: Image.Image, pre: Preprocess) -> torch.Tensor:
@@ -50,15 +64,6 @@ def to_pixels(image: Image.Image, pre: Preprocess) -> torch.Tensor:
     mean = torch.tensor(pre.mean).view(3, 1, 1)
     std = torch.tensor(pre.std).view(3, 1, 1)
     return x.sub_(mean).div_(std)
-
-
-def region_mask(region: Region, size: tuple[int, int]) -> np.ndarray | None:
-    """The region's mask as bool [H, W] (mask file, else box, else None = whole image)."""
-    if region.mask is not None:
-        return load_mask(region.mask, size=size, threshold=region.extra.get("mask_threshold"))
-    if region.box is not None:
-        return box_to_mask(region.box, size, name=f"box of {region.id}")
-    return None
 
 
 class FeatureExtractor:
@@ -111,26 +116,31 @@ class FeatureExtractor:
         self.dtype = dtype
         self.cache = cache
         self.prefetch = prefetch
+        self._fingerprint: str | None = None
 
     # --- settings that change a feature (the cache namespace) ---
     def settings(self) -> dict[str, Any]:
+        """What decides a feature: the backbone (spec and a fingerprint of its weights), its preprocessing,
+        pooling, the mask-to-grid rule, dtype, and the region rule's decode and mask rules."""
+        if self._fingerprint is None:
+            self._fingerprint = weights_fingerprint(self.backbone)
         return {
             "backbone": getattr(self.backbone, "spec", type(self.backbone).__name__),
+            "weights": self._fingerprint,
             "preprocess": self.pre.to_dict(),
             "pooling": self.pooling,
             "min_coverage": self.min_coverage,
             "dtype": self.dtype,
+            "decode": DECODE_RULE,
+            "mask_rule": MASK_RULE,
         }
 
     def prepare(self, image: Image.Image, mask: np.ndarray | None) -> Prepared:
         return Prepared(to_pixels(image, self.pre), mask_to_grid(mask, self.pre.grid, self.min_coverage))
 
-    def pooled(self, pixels: torch.Tensor, cells: torch.Tensor, index: torch.Tensor | None = None) -> torch.Tensor:
-        """Backbone forward + pooling for a batch (differentiable when grads are on): -> [B, C] float32.
-
-        ``index`` (optional, [B] long) says which row of ``pixels`` each of the B ``cells`` masks belongs to,
-        so regions of one image share one forward pass; without it, mask ``i`` goes with image ``i``.
-        """
+    def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The one backbone forward: pixels ``[N, 3, H, W]`` -> (feature map ``[N, C, h, w]``, global token
+        ``[N, C]`` or None), in ``forward_batch`` chunks during inference, under the configured dtype."""
         pixels = pixels.to(self.device, non_blocking=True)
         if self.channels_last:
             pixels = pixels.contiguous(memory_format=torch.channels_last)
@@ -152,62 +162,86 @@ class FeatureExtractor:
                 tokens.append(None if out.cls is None else out.cls[:k])
         fmap = maps[0] if len(maps) == 1 else torch.cat(maps)
         cls = None if tokens[0] is None else (tokens[0] if len(tokens) == 1 else torch.cat(tokens))
-        if index is not None:
-            index = index.to(fmap.device)
-            fmap = fmap.index_select(0, index)
-            cls = None if cls is None else cls.index_select(0, index)
-        if tuple(fmap.shape[-2:]) != tuple(cells.shape[-2:]):
-            # conv nets may round the grid differently from image_size // stride: recompute cells there
-            raise RuntimeError(f"feature grid {tuple(fmap.shape[-2:])} != expected {tuple(cells.shape[-2:])}; "
+        if tuple(fmap.shape[-2:]) != tuple(self.pre.grid):
+            raise RuntimeError(f"feature grid {tuple(fmap.shape[-2:])} != expected {self.pre.grid}; "
                                "set the backbone's preprocess.patch_size to its real stride")
-        return pool(fmap.float(), cells, self.pooling, None if cls is None else cls.float())
+        return fmap.float(), None if cls is None else cls.float()
+
+    def pooled(self, pixels: torch.Tensor, cells: torch.Tensor, index: torch.Tensor | None = None) -> torch.Tensor:
+        """Backbone forward + pooling for a batch (differentiable when grads are on): -> [B, C] float32.
+
+        ``index`` (optional, [B] long) says which row of ``pixels`` each of the B ``cells`` masks belongs to,
+        so regions of one image share one forward pass; without it, mask ``i`` goes with image ``i``.
+        """
+        fmap, cls = self.forward(pixels)
+        return self.pool_cells(fmap, cls, cells, index)
+
+    def pool_cells(self, fmap: torch.Tensor, cls: torch.Tensor | None, cells: torch.Tensor,
+                   index: torch.Tensor | None = None) -> torch.Tensor:
+        """Pool feature maps over cell masks; ``index`` maps each mask to its feature-map row. Masks are
+        pooled ``POOL_CHUNK`` at a time, so many masks of one image never expand the map all at once."""
+        if index is None:
+            return pool(fmap, cells, self.pooling, cls)
+        index = index.to(fmap.device)
+        parts = []
+        for s in range(0, len(index), POOL_CHUNK):
+            ix = index[s : s + POOL_CHUNK]
+            parts.append(pool(fmap.index_select(0, ix), cells[s : s + POOL_CHUNK], self.pooling,
+                              None if cls is None else cls.index_select(0, ix)))
+        return torch.cat(parts)
+
+    @torch.inference_mode()
+    def feature_map(self, image: Image.Image) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """One image's (feature map ``[1, C, h, w]``, global token ``[1, C]`` or None), float32."""
+        self.backbone.eval()
+        return self.forward(to_pixels(image, self.pre)[None])
 
     @torch.inference_mode()
     def extract_arrays(self, items: Sequence[tuple[Image.Image, np.ndarray | None]]) -> torch.Tensor:
-        """In-memory images (+ masks) -> [N, C]; no cache. Masks of one image object share one forward pass."""
+        """In-memory images (+ masks) -> [N, C]; no cache. All masks of one image object share one forward."""
         self.backbone.eval()
-        outs = []
-        for i in range(0, len(items), self.batch_size):
-            row_of: dict[int, int] = {}
-            pixels, cells, index = [], [], []
-            for img, m in items[i : i + self.batch_size]:
-                if id(img) not in row_of:
-                    row_of[id(img)] = len(pixels)
-                    pixels.append(to_pixels(img, self.pre))
-                index.append(row_of[id(img)])
-                cells.append(mask_to_grid(m, self.pre.grid, self.min_coverage))
-            outs.append(self.pooled(torch.stack(pixels), torch.stack(cells), _index(index, len(pixels))))
-        return torch.cat(outs) if outs else torch.empty(0, self.backbone.feature_dim)
+        if not items:
+            return torch.empty(0, self.backbone.feature_dim)
+        row_of: dict[int, int] = {}
+        images: list[Image.Image] = []
+        index: list[int] = []
+        for img, _ in items:
+            if id(img) not in row_of:
+                row_of[id(img)] = len(images)
+                images.append(img)
+            index.append(row_of[id(img)])
+        cells = torch.stack([mask_to_grid(m, self.pre.grid, self.min_coverage) for _, m in items])
+        fmaps, tokens = [], []
+        for i in range(0, len(images), self.batch_size):
+            fm, tok = self.forward(torch.stack([to_pixels(im, self.pre) for im in images[i : i + self.batch_size]]))
+            fmaps.append(fm)
+            tokens.append(tok)
+        fmap = torch.cat(fmaps)
+        cls = None if tokens[0] is None else torch.cat(tokens)
+        return self.pool_cells(fmap, cls, cells, torch.tensor(index, dtype=torch.long)).cpu()
 
-    def _load(self, region: Region, decoded: dict[Any, torch.Tensor] | None = None
-              ) -> tuple[str, Prepared | None, str | None]:
-        """(cache key, prepared inputs or None if cached, error message).
+    def load(self, region: Region, decoded: dict[Any, tuple[Image.Image, torch.Tensor]] | None = None) -> Loaded:
+        """A region's cache key and inputs (``prepared`` None when cached), or the error that stops it.
 
-        ``decoded`` (image path -> pixels) lets regions of one image share one decode and one pixel tensor.
+        ``decoded`` (image path -> (image, pixels)) lets regions of one image share one decode and one
+        pixel tensor, and so one forward pass (see :meth:`extract_regions`).
         """
         try:
             key = region_key(region)
             if self.cache is not None and key in self.cache:
-                return key, None, None
-            pixels = decoded.get(region.image) if decoded is not None else None
-            if pixels is None:
-                draft = (self.pre.image_size[1], self.pre.image_size[0])
-                pixels = to_pixels(load_image(region.image, draft=draft), self.pre)
-                if decoded is not None:
-                    decoded[region.image] = pixels
-            if region.mask is not None or region.box is not None:
-                # masks are checked against the full-size image, then applied to the (maybe drafted) one
-                full = _image_size(region.image)
-                mask = region_mask(region, full)
-            else:
-                mask = None
-            return key, Prepared(pixels, mask_to_grid(mask, self.pre.grid, self.min_coverage)), None
+                return Loaded(key, None, None)
+            seen = decoded.get(region.image) if decoded is not None else None
+            img, mask = load_region(region, image=None if seen is None else seen[0])
+            pixels = to_pixels(img, self.pre) if seen is None else seen[1]
+            if decoded is not None and seen is None:
+                decoded[region.image] = (img, pixels)
+            return Loaded(key, Prepared(pixels, mask_to_grid(mask, self.pre.grid, self.min_coverage)), None)
         except (ImageError, ValueError, OSError) as e:
-            return "", None, str(e)
+            return Loaded("", None, str(e))
 
-    def _load_chunk(self, regions: Sequence[Region], idx: list[int]) -> list[tuple[str, Prepared | None, str | None]]:
-        decoded: dict[Any, torch.Tensor] = {}
-        return [self._load(regions[i], decoded) for i in idx]
+    def _load_chunk(self, regions: Sequence[Region], idx: list[int]) -> list[Loaded]:
+        decoded: dict[Any, tuple[Image.Image, torch.Tensor]] = {}
+        return [self.load(regions[i], decoded) for i in idx]
 
     def extract_regions(
         self, regions: Sequence[Region], progress: bool = True, desc: str = "features"
@@ -223,7 +257,7 @@ class FeatureExtractor:
         bar = tqdm(total=len(regions), desc=desc, unit="img", disable=not progress, dynamic_ncols=True)
         for batch_idx, loaded in self._batches(regions):
             todo = []
-            for i, (key, prep, err) in zip(batch_idx, loaded):
+            for i, (key, prep, err) in zip(batch_idx, loaded, strict=True):
                 if err is not None:
                     failures.append((regions[i].id, err))
                 elif prep is None:
@@ -231,7 +265,7 @@ class FeatureExtractor:
                 else:
                     todo.append((i, key, prep))
             if todo:
-                # regions of one image share its pixel tensor (see _load): one forward pass per image
+                # regions of one image share its pixel tensor (see load): one forward pass per image
                 row_of: dict[int, int] = {}
                 pixels, index = [], []
                 for _, _, p in todo:
@@ -256,7 +290,7 @@ class FeatureExtractor:
             log.warning("%d of %d regions skipped (bad image or mask)", len(failures), len(regions))
         return feats, ok, failures
 
-    def _batches(self, regions: Sequence[Region]) -> Iterator[tuple[list[int], list[tuple[str, Prepared | None, str | None]]]]:
+    def _batches(self, regions: Sequence[Region]) -> Iterator[tuple[list[int], list[Loaded]]]:
         chunks = [list(range(i, min(i + self.batch_size, len(regions)))) for i in range(0, len(regions), self.batch_size)]
         if not self.prefetch or len(chunks) <= 1:
             for idx in chunks:
@@ -276,24 +310,13 @@ def _index(index: list[int], rows: int) -> torch.Tensor | None:
     return None if index == list(range(rows)) else torch.tensor(index, dtype=torch.long)
 
 
-def _image_size(path: Any) -> tuple[int, int]:
-    """(width, height) of the upright image, read from the header only."""
-    with Image.open(path) as im:
-        size = im.size
-        try:
-            orientation = im.getexif().get(0x0112, 1)
-        except Exception:  # noqa: BLE001
-            orientation = 1
-    return (size[1], size[0]) if orientation in (5, 6, 7, 8) else size
-
-
 def region_key(region: Region) -> str:
     """Content hash of the image bytes + mask bytes (or box): same pixels, same key, wherever the file is."""
     h = hashlib.sha256(file_sha256(region.image).encode())
     if region.mask is not None:
         h.update(b"mask:" + file_sha256(region.mask).encode())
-        if region.extra.get("mask_threshold") is not None:
-            h.update(f"t{region.extra['mask_threshold']}".encode())
+        if region_threshold(region) is not None:
+            h.update(f"t{region_threshold(region)}".encode())
     elif region.box is not None:
         h.update(("box:" + ",".join(str(v) for v in region.box)).encode())
     return h.hexdigest()

@@ -26,6 +26,7 @@ class Preprocess:
     std: tuple[float, float, float] = IMAGENET_STD
     patch_size: int = 14  # stride of the feature grid, in input pixels
     resample: str = "bicubic"
+    source: str = ""  # where mean/std/resample came from, e.g. "preprocessor_config.json" or "defaults (...)"
 
     @property
     def grid(self) -> tuple[int, int]:
@@ -48,6 +49,7 @@ class Preprocess:
             std=tuple(float(v) for v in d.get("std", IMAGENET_STD)),  # type: ignore[arg-type]
             patch_size=int(d.get("patch_size", 14)),
             resample=str(d.get("resample", "bicubic")),
+            source=str(d.get("source", "")),
         )
 
 
@@ -67,6 +69,21 @@ def check_backbone(module: Any, where: str) -> None:
         )
     if isinstance(module.preprocess, dict):
         module.preprocess = Preprocess.from_dict(module.preprocess)
+
+
+def export_state(backbone: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """A backbone's weights for an artifact: checkpoint names when it has them (``checkpoint_state_dict``)."""
+    fn = getattr(backbone, "checkpoint_state_dict", None)
+    return fn() if callable(fn) else backbone.state_dict()
+
+
+def import_state(backbone: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Load weights written by :func:`export_state` (strictly: a mismatch raises)."""
+    fn = getattr(backbone, "load_checkpoint_state", None)
+    if callable(fn):
+        fn(state)
+    else:
+        backbone.load_state_dict(state, strict=True)
 
 
 def as_output(out: Any) -> BackboneOutput:

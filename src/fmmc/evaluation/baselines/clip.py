@@ -128,7 +128,7 @@ class ClipZeroShot:
         """Predictions aligned with ``regions`` (None where the image or mask could not be used)."""
         from tqdm.auto import tqdm
 
-        from fmmc.language.describers import load_region
+        from fmmc.data.regions import load_region
 
         keep = self.taxonomy.subset(classes) if classes is not None else None
         out: list[Prediction | None] = [None] * len(regions)
@@ -139,7 +139,7 @@ class ClipZeroShot:
             for i in range(start, min(start + self.batch_size, len(regions))):
                 r = regions[i]
                 try:
-                    img, mask = load_region(r, mask_threshold=r.extra.get("mask_threshold"))
+                    img, mask = load_region(r)
                     crops.append(masked_crop(img, mask, self.fill))  # type: ignore[arg-type]
                     idx.append(i)
                 except (ValueError, OSError) as e:

@@ -80,8 +80,8 @@ class VLMZeroShot:
 
     def ask(self, region: Region, candidates: list[str]) -> str:
         """The raw reply for one region (from the cache when it was asked before)."""
+        from fmmc.data.regions import load_region
         from fmmc.language.cache import region_keys
-        from fmmc.language.describers import load_region
         from fmmc.language.marking import mark_region
         from fmmc.language.openai_client import image_content
 
@@ -91,7 +91,7 @@ class VLMZeroShot:
             hit = self.cache.get(*keys, self.spec, version)  # type: ignore[union-attr]
             if hit is not None:
                 return hit
-        img, mask = load_region(region, mask_threshold=region.extra.get("mask_threshold"))
+        img, mask = load_region(region)
         images = mark_region(img, mask, self.marking, max_side=self.max_side)
         content = [image_content(im, max_side=None) for im in images]
         content.append({"type": "text", "text": self.prompt_text(candidates, whole_image=mask is None)})

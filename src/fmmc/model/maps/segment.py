@@ -16,7 +16,6 @@ size before the softmax. It needs a head that can run on vision features alone.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from collections.abc import Sequence
 from typing import Any
@@ -31,7 +30,6 @@ from fmmc.model.maps.render import UNLABELLED
 log = logging.getLogger(__name__)
 
 MODES = ("sam", "grid")
-_POOL_CHUNK = 16  # masks pooled at once: bounds memory at 16 x C x h x w floats
 _ROW_CHUNK = 256  # output rows upsampled at once in grid mode
 
 
@@ -59,68 +57,26 @@ def segment_image(model: Any, image: Image.Image, mode: str = "sam", *, classes:
 
 
 # ----- shared pieces ------------------------------------------------------------------------------------------
-def feature_map(extractor: Any, image: Image.Image) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """One backbone pass: (feature map ``[1, C, h, w]``, global token ``[1, C]`` or None), float32."""
-    from fmmc.vision.extractor import DTYPES, to_pixels
-    from fmmc.vision.protocol import as_output
-
-    extractor.backbone.eval()
-    pixels = to_pixels(image, extractor.pre)[None].to(extractor.device)
-    ctx = (torch.autocast(extractor.device.type, dtype=DTYPES[extractor.dtype]) if extractor.dtype != "fp32"
-           else contextlib.nullcontext())
-    with torch.inference_mode(), ctx:
-        out = as_output(extractor.backbone(pixels))
-    fmap = out.feature_map.float()
-    if tuple(fmap.shape[-2:]) != tuple(extractor.pre.grid):
-        raise RuntimeError(f"feature grid {tuple(fmap.shape[-2:])} != expected {extractor.pre.grid}; "
-                           "set the backbone's preprocess.patch_size to its real stride")
-    return fmap, (out.cls.float() if out.cls is not None else None)
-
-
-def _texts(model: Any, image: Image.Image, masks: Sequence[np.ndarray | None],
-           description: str | Sequence[str | None] | None) -> torch.Tensor | None:
-    enc = model.encoder
-    if enc.text_encoder is None:
-        return None
-    descs = [description] * len(masks) if description is None or isinstance(description, str) else list(description)
-    for k, m in enumerate(masks):
-        if descs[k] is None:
-            if enc.describer is None:
-                raise ValueError("this model's language stream needs a description: pass description=...")
-            try:
-                descs[k] = enc.describer.describe(image, m, None)
-            except ValueError as e:
-                raise ValueError(f"cannot describe map regions with describer {getattr(enc.describer, 'spec', '?')!r}: "
-                                 f"{e}. Pass description=..., or load the model with describer='none' or an "
-                                 "image describer (e.g. 'openai:gpt-4o-mini')") from e
-    with torch.inference_mode():
-        return enc.text_encoder.encode([d or "" for d in descs])
-
-
 def classify_masks(model: Any, image: Image.Image, masks: Sequence[np.ndarray],
                    classes: list[str] | None = None, description: str | Sequence[str | None] | None = None) -> np.ndarray:
-    """Class probabilities ``[N, K]`` for ``N`` masks of one image, with a single backbone pass."""
-    from fmmc.vision.pooling import mask_to_grid, pool
+    """Class probabilities ``[N, K]`` for ``N`` masks of one image, with a single backbone pass
+    (:meth:`MaterialClassifier.classify`, the one forward)."""
+    from fmmc.model.classifier import RegionInput
 
     if not masks:
         return np.zeros((0, len(model.taxonomy)), dtype=np.float32)
-    enc = model.encoder
-    ex = enc.extractor
-    vis = None
-    if ex is not None:
-        fmap, cls = feature_map(ex, image)
-        cells = torch.stack([mask_to_grid(m, ex.pre.grid, ex.min_coverage) for m in masks])
-        parts = []
-        with torch.inference_mode():
-            for start in range(0, len(masks), _POOL_CHUNK):
-                c = cells[start:start + _POOL_CHUNK]
-                g = None if cls is None else cls.expand(len(c), -1)
-                parts.append(pool(fmap.expand(len(c), -1, -1, -1), c, ex.pooling, g))
-        vis = torch.cat(parts)
-    txt = _texts(model, image, masks, description)
-    with torch.inference_mode():
-        logits = model.head(vis, txt)
-        return model.head.probs(logits, model._classes(classes)).float().cpu().numpy()
+    descs = [description] * len(masks) if description is None or isinstance(description, str) else list(description)
+    items = [RegionInput(image, m, d, classes) for m, d in zip(masks, descs)]
+    try:
+        preds = model.classify(items)
+    except ValueError as e:
+        enc = model.encoder
+        if enc.text_encoder is None or all(d is not None for d in descs):
+            raise
+        raise ValueError(f"cannot describe map regions with describer {getattr(enc.describer, 'spec', '?')!r}: "
+                         f"{e}. Pass description=..., or load the model with describer='none' or an "
+                         "image describer (e.g. 'openai:gpt-4o-mini')") from e
+    return np.stack([p.probs for p in preds]).astype(np.float32)
 
 
 def _nearest_index(n_out: int, n_in: int) -> np.ndarray:
@@ -156,7 +112,7 @@ def sam_map(model: Any, image: Image.Image, *, classes: list[str] | None, descri
             max_regions: int, max_side: int) -> MaterialMap:
     from fmmc.grounding.prompts import component_spec, get_component
 
-    if model.config.get("null_mask"):
+    if model.config.null_mask:
         log.warning("this model was trained with null_mask (whole images): its region labels may be unreliable")
     full_w, full_h = image.size
     work = image
@@ -234,10 +190,10 @@ def upsample_argmax(logits: torch.Tensor, size: tuple[int, int]) -> tuple[np.nda
 def _constant_text(model: Any, description: str | None) -> torch.Tensor | None:
     """The text embedding every patch gets in grid mode, or a clear error when there is none."""
     enc = model.encoder
-    streams = model.config.get("streams", "both")
+    streams = model.config.streams
     if streams == "vision" or enc.text_encoder is None:
         return None
-    spec = getattr(enc.describer, "spec", model.config.get("describer"))
+    spec = getattr(enc.describer, "spec", model.config.describer)
     if description is None and spec != "none":
         raise ValueError(
             f"grid mode classifies image patches with the vision stream, but this model (streams={streams}) also "
@@ -249,7 +205,7 @@ def _constant_text(model: Any, description: str | None) -> torch.Tensor | None:
 
 
 def grid_map(model: Any, image: Image.Image, *, classes: list[str] | None, description: str | None) -> MaterialMap:
-    streams = model.config.get("streams", "both")
+    streams = model.config.streams
     if streams == "language" or model.encoder.extractor is None:
         raise ValueError("grid mode needs a vision stream, and this model is language-only; use mode='sam' or "
                          "train a vision model (`fmmc train ... streams=vision`)")
@@ -258,14 +214,12 @@ def grid_map(model: Any, image: Image.Image, *, classes: list[str] | None, descr
         raise ValueError("grid mode needs a model trained with pooling=max or mean (this one pools the global "
                          "token, which has no per-patch equivalent); use mode='sam'")
     txt = _constant_text(model, description)
-    fmap, _ = feature_map(ex, image)
+    fmap, _ = ex.feature_map(image)
     c, h, w = fmap.shape[1:]
     feats = fmap[0].reshape(c, h * w).T  # each patch as a one-cell region
-    with torch.inference_mode():
-        logits = model.head(feats, None if txt is None else txt.expand(h * w, -1))
-        scaled = logits / model.head.temperature
+    scaled = model.logits(feats, None if txt is None else txt.expand(h * w, -1))
     n_cls = scaled.shape[1]
-    keep = model._classes(classes) or list(range(n_cls))  # a class subset: upsample only those logits
+    keep = model.class_indices(classes) or list(range(n_cls))  # a class subset: upsample only those logits
     grid_logits = scaled[:, keep].T.reshape(len(keep), h, w).float()
     sub_labels, conf, sub_sums, sub_counts = upsample_argmax(grid_logits, (image.height, image.width))
     labels = np.asarray(keep, dtype=np.uint8)[sub_labels]

@@ -1,0 +1,100 @@
+"""The one region rule: (image + mask | box | nothing) -> decoded RGB pixels and a bool mask.
+
+Every caller that turns a region into pixels goes through here: training, ``predict`` (one image, a
+folder, a dataset), evaluation, the web service, material maps, describers, zero-shot baselines and the
+synth review page. So one photo gives the same pixels, and the same answer, wherever it enters.
+
+    >>> img, mask = resolve_region("photo.jpg", box=(10, 10, 200, 200))       # doctest: +SKIP
+    >>> img, mask = load_region(region)                                      # a dataset Region  # doctest: +SKIP
+
+Decode rule (:data:`DECODE_RULE`): images are decoded at full size (no JPEG draft decoding), EXIF
+orientation applied, converted to 8-bit RGB (:func:`fmmc.data.imageio.load_image`). A path, the file's
+bytes and an already-open PIL image therefore give identical pixels; the backbone's resize happens later,
+in one place (:func:`fmmc.vision.extractor.to_pixels`).
+
+Mask rule (:func:`fmmc.data.imageio.mask_from_array`): a binary mask (0 and one other value) is its
+non-zero pixels; any other mask (JPEG masks such as FMD's, anti-aliased PNGs) is thresholded at
+``mask_threshold`` (default :data:`~fmmc.data.imageio.MASK_THRESHOLD` = 128: pixels >= 128). A mask file
+wins over a box; a mask must have the image's size and cannot be empty. ``mask_threshold`` is an option of
+the API (``predict(..., mask_threshold=)``), the CLI (``--mask-threshold``), the service (form field
+``mask_threshold``) and datasets (a ``mask_threshold`` key in ``metadata.jsonl``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from fmmc.data.imageio import (
+    DEFAULT_MAX_PIXELS,
+    MASK_THRESHOLD,
+    ImageError,
+    box_to_mask,
+    load_image,
+    load_mask,
+    mask_from_array,
+    to_rgb,
+)
+from fmmc.data.records import Region
+
+DECODE_RULE = "full"  # recorded with every cached feature: the pixels a region decodes to
+MASK_RULE = f"binary-nonzero-else-ge-{MASK_THRESHOLD}"
+
+ImageInput = str | Path | bytes | Image.Image | np.ndarray
+MaskInput = str | Path | bytes | np.ndarray
+
+
+def as_image(image: ImageInput, name: str | None = None, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Any image input -> upright 8-bit RGB, by the decode rule (paths and bytes: full-size decode)."""
+    if isinstance(image, Image.Image):
+        return to_rgb(image)
+    if isinstance(image, np.ndarray):
+        arr = image
+        if arr.dtype != np.uint8:
+            raise ImageError(name or "<array>", f"image array has dtype {arr.dtype}", "pass uint8 [H, W, 3] pixels")
+        if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[-1] not in (1, 3, 4)):
+            raise ImageError(name or "<array>", f"image array has shape {arr.shape}", "pass [H, W] or [H, W, 3]")
+        return to_rgb(Image.fromarray(arr[..., 0] if arr.ndim == 3 and arr.shape[-1] == 1 else arr))
+    return load_image(image, name=name, max_pixels=max_pixels)
+
+
+def as_mask(mask: MaskInput, size: tuple[int, int], name: str | None = None, threshold: int | None = None,
+            max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Any mask input -> bool ``[H, W]`` for an image of ``size`` (width, height), by the mask rule."""
+    if isinstance(mask, np.ndarray):
+        where = name or "mask array"
+        m = mask_from_array(mask, where, threshold)
+        if m.shape != (size[1], size[0]):
+            raise ImageError(where, f"mask is {m.shape[1]}x{m.shape[0]} but its image is {size[0]}x{size[1]}",
+                             "masks must have the image's size (H, W)")
+        return m
+    return load_mask(mask, size=size, name=name, threshold=threshold, max_pixels=max_pixels)
+
+
+def resolve_region(image: ImageInput, mask: MaskInput | None = None, box: Any = None, *,
+                   mask_threshold: int | None = None, name: str | None = None, mask_name: str | None = None,
+                   box_name: str = "box", max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[Image.Image, np.ndarray | None]:
+    """(RGB image, bool mask ``[H, W]`` or None for the whole image): a mask wins over a box."""
+    img = as_image(image, name=name, max_pixels=max_pixels)
+    if mask is not None:
+        return img, as_mask(mask, img.size, name=mask_name, threshold=mask_threshold, max_pixels=max_pixels)
+    if box is not None:
+        return img, box_to_mask(tuple(box), img.size, name=box_name)
+    return img, None
+
+
+def region_threshold(region: Region) -> int | None:
+    """The mask threshold a dataset line asks for (``mask_threshold`` key), None = the default rule."""
+    t = region.extra.get("mask_threshold")
+    return None if t is None else int(t)
+
+
+def load_region(region: Region, image: Image.Image | None = None) -> tuple[Image.Image, np.ndarray | None]:
+    """A dataset :class:`Region` -> (RGB image, bool mask or None), by the one rule. ``image``: the
+    region's image already decoded by this rule (regions of one photo share one decode)."""
+    return resolve_region(region.image if image is None else image, region.mask, region.box,
+                          mask_threshold=region_threshold(region), box_name=f"box of region {region.id!r}")
+
