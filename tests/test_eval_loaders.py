@@ -12,7 +12,7 @@ from PIL import Image
 
 from fmmc.data.dataset import DatasetError
 from fmmc.data.imageio import load_mask
-from fmmc.data.readers.testsets import load_test_set, parse_data_spec
+from fmmc.data.readers.spec import load_test_set, parse_data_spec
 from fmmc.data.regions import load_region
 
 

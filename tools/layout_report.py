@@ -4,7 +4,7 @@ loops between two files, and private names reached across rooms.
     python tools/layout_report.py            # prints the counts; --edges lists every room -> room arrow
 
 An import counts wherever it appears (module level or inside a function): a lazy import is still a
-dependency. A private access is ``from fmmc.a import _name`` or ``import``-ing a ``_module`` from another
+dependency. Imports under ``if TYPE_CHECKING:`` are for annotations only and do not count. A private access is ``from fmmc.a import _name`` or ``import``-ing a ``_module`` from another
 room, or ``x._attr`` on an object of another room where ``_attr`` is defined in that room (approximated:
 any ``obj._name`` whose ``_name`` is defined as a method/attribute only in another room).
 """
@@ -61,7 +61,12 @@ def analyse() -> dict:
                 defined_private[node.attr].add(room_of(mod))
     for mod, tree in trees.items():
         is_pkg = modules[mod].name == "__init__.py"
+        type_only = {id(n) for block in ast.walk(tree) if isinstance(block, ast.If)
+                     and getattr(block.test, "id", getattr(block.test, "attr", "")) == "TYPE_CHECKING"
+                     for n in ast.walk(block)}
         for node in ast.walk(tree):
+            if id(node) in type_only:
+                continue
             targets: list[tuple[str, list[str]]] = []
             if isinstance(node, ast.Import):
                 targets = [(a.name, []) for a in node.names]

@@ -5,7 +5,7 @@
     fmmc reproduce configs/paper.yaml --out runs/paper                         # the whole grid, resumable
     fmmc compare runs/eval-fmd runs/clip-fmd                                   # deltas between results
 
-Modules: :mod:`~fmmc.data.readers.testsets` and :mod:`~fmmc.data.readers.dms` (test sets by spec),
+Modules: :mod:`~fmmc.data.readers.spec` (test sets by spec: fmd, dms, folder, jsonl readers),
 :mod:`~fmmc.evaluation.metrics` (pure metrics), :mod:`~fmmc.evaluation.evaluate` (predict + write a
 result folder), :mod:`~fmmc.evaluation.baselines.clip` / :mod:`~fmmc.evaluation.baselines.vlm` (baselines),
 :mod:`~fmmc.evaluation.reproduce` (the grid), :mod:`~fmmc.evaluation.toydata` (an offline stand-in dataset).

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from fmmc.data.readers.testsets import TestSet
+from fmmc.data.readers.spec import TestSet
 from fmmc.evaluation.metrics import summarize
 
 log = logging.getLogger(__name__)
@@ -194,7 +194,7 @@ def run_eval(model: str | Any, data: str, out: str | Path | None, settings: Eval
              cache_dir: str | Path | None = None, describer: str | None = None, device: str = "cpu",
              test_set: TestSet | None = None) -> dict[str, Any]:
     """Load the test set and model, evaluate, write ``out`` (when given); returns the metrics."""
-    from fmmc.data.readers.testsets import load_test_set
+    from fmmc.data.readers.spec import load_test_set
     from fmmc.evaluation.models import load_eval_model
 
     s = settings or EvalSettings()

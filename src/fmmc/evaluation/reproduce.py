@@ -73,7 +73,7 @@ def finished(out: Path, cell: Cell) -> dict[str, Any] | None:
 def _train_data(spec: str, out: Path, cache_dir: Path) -> str:
     """A training set as a folder with metadata.jsonl: other data specs are loaded (split train) and written."""
     from fmmc.data.dataset import metadata_path, write_dataset
-    from fmmc.data.readers.testsets import KINDS
+    from fmmc.data.readers.spec import KINDS
 
     kind = spec.partition(":")[0]
     if kind not in KINDS or kind == "jsonl":
@@ -82,7 +82,7 @@ def _train_data(spec: str, out: Path, cache_dir: Path) -> str:
             raise ValueError(f"training data {spec!r}: no metadata.jsonl there (a dataset folder, or a data spec "
                              "such as dms:/path?images=/rgb that fmmc converts)")
         return path
-    from fmmc.data.readers.testsets import load_test_set
+    from fmmc.data.readers.spec import load_test_set
 
     target = out / "data" / f"{slug(spec.split('?')[0].split('/')[-1], 30)}-{short_hash(spec)}"
     if not (target / "metadata.jsonl").is_file():
@@ -105,7 +105,7 @@ class GridRunner:
         self._test_sets: dict[str, Any] = {}
 
     def test_set(self, key: str) -> Any:
-        from fmmc.data.readers.testsets import load_test_set
+        from fmmc.data.readers.spec import load_test_set
 
         if key not in self._test_sets:
             ts = self.cfg.test_sets[key]

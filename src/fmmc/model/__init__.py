@@ -1,6 +1,27 @@
 """The trained classifier: the artifact (config + weights), the two-stream encoder, the head, the one
-forward pass from regions to probabilities, and whole-image material maps (:mod:`fmmc.model.maps`)."""
+forward pass from regions to probabilities, and whole-image material maps (:mod:`fmmc.model.maps`).
 
-from fmmc.model.classifier import MaterialClassifier, Prediction
+``fmmc.model.config`` (typed configs) is torch-free; the names below load torch when first used.
+"""
 
-__all__ = ["MaterialClassifier", "Prediction"]
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # pragma: no cover
+    from fmmc.model.classifier import MaterialClassifier as MaterialClassifier
+    from fmmc.model.classifier import Prediction as Prediction
+    from fmmc.model.classifier import RegionInput as RegionInput
+
+_LAZY = ("MaterialClassifier", "Prediction", "RegionInput")
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        from fmmc.model import classifier
+
+        return getattr(classifier, name)
+    raise AttributeError(f"module 'fmmc.model' has no attribute {name!r}")
+
+
+__all__ = list(_LAZY)

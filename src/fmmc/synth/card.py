@@ -18,7 +18,7 @@ import numpy as np
 import yaml
 from PIL import Image, ImageDraw, ImageFilter
 
-from fmmc.data.imageio import load_image, load_mask
+from fmmc.data.regions import load_region
 from fmmc.data.records import Region
 from fmmc.taxonomy import Taxonomy
 
@@ -30,12 +30,12 @@ CAPTION_H = 14
 
 def thumbnail(region: Region, size: int, color: tuple[int, int, int]) -> Image.Image:
     """``size`` x ``size`` tile: the image letterboxed on grey, its mask outlined in ``color``."""
-    img = load_image(region.image)
+    img, region_mask = load_region(region)
     scale = size / max(img.size)
     w, h = max(1, round(img.width * scale)), max(1, round(img.height * scale))
     small = img.resize((w, h), Image.Resampling.BILINEAR)
-    if region.mask is not None:
-        mask = Image.fromarray(load_mask(region.mask, size=img.size).astype(np.uint8) * 255)
+    if region.mask is not None and region_mask is not None:
+        mask = Image.fromarray(region_mask.astype(np.uint8) * 255)
         mask = mask.resize((w, h), Image.Resampling.NEAREST)
         edge = np.asarray(mask.filter(ImageFilter.MaxFilter(3))) != np.asarray(mask.filter(ImageFilter.MinFilter(3)))
         arr = np.asarray(small).copy()

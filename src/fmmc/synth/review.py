@@ -29,7 +29,8 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 from fmmc.data.dataset import load_dataset
-from fmmc.data.imageio import load_image, load_mask
+from fmmc.data.imageio import load_image
+from fmmc.data.regions import as_mask, region_threshold
 from fmmc.data.records import Region
 
 log = logging.getLogger(__name__)
@@ -198,6 +199,7 @@ def sample_regions(regions: list[Region], n: int | None, seed: int) -> list[Regi
 def render_region(region: Region, overlay: bool = True, max_side: int = DISPLAY_MAX_SIDE) -> bytes:
     """PNG of the region's image scaled to ``max_side`` (at most 4x up), mask outlined, outside darkened."""
     image = load_image(region.image)
+    full_size = image.size
     scale = min(4.0, max_side / max(image.size))
     size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
     if size != image.size:
@@ -205,7 +207,7 @@ def render_region(region: Region, overlay: bool = True, max_side: int = DISPLAY_
     problem = None
     if overlay and region.mask is not None:
         try:
-            mask = load_mask(region.mask, threshold=128)
+            mask = as_mask(region.mask, full_size, threshold=region_threshold(region))
         except ValueError as e:
             problem = f"mask unreadable: {getattr(e, 'problem', e)}"
         else:

@@ -1,24 +1,39 @@
 """DMS (Dense Material Segmentation, apple/ml-dms-dataset) label maps as region test sets.
 
     >>> ts = load_test_set("dms:/data/dms?images=/data/dms/images&min_area=0.01")   # doctest: +SKIP
+    >>> found = dms_pairs("/data/DMS_v1", split="test")    # what `fmmc segment --eval-dms` scores  # doctest: +SKIP
+
+This is the one DMS reader: ``fmmc eval dms:...`` (:func:`load_dms`) and the material-map evaluation
+(:func:`fmmc.model.maps.evaluate.load_dms_pairs`) read a tree through :func:`dms_pairs`,
+:func:`read_label_map`, :func:`taxonomy_names` and :func:`value_labels`, so both see the same images, decode
+the same values and map the same names.
 
 A DMS label map is a single-channel PNG whose pixel values index the ``names`` of DMS ``taxonomy.json``
-(57 names, 0 = "No label"). The RGB images come from Open Images separately and are matched by file stem.
+(57 names, 0 = "No label"); palette PNGs are read as their indices. The RGB images come from Open Images
+separately and are matched by file stem.
+
+Layout (folder names in any case: DMS ships ``Labels/``):
+
+* label maps: the ``*.png`` files directly in ``<root>/labels/<split>/``, or in ``<root>/labels/`` when it
+  has no such split folder; a root without a ``labels`` folder is itself the folder of label maps (with or
+  without ``<split>/``). No split given: ``test`` when that folder exists.
+* images: ``images=DIR`` or ``<root>/images``, in its ``<split>/`` subfolder when there is one; any of
+  ``.jpg .jpeg .png .bmp .webp .tif .tiff``. Two images with the same stem: the first in name order is used.
+* names: ``taxonomy=FILE``, else ``<root>/taxonomy.json``, else the built-in DMS list.
 
 Regions: one per (image, material value) whose area is at least ``min_area`` of the image. Values naming
 non-materials ("No label", "I cannot tell", "Not on list", "Bad polygon", "Multiple materials") are
 dropped; the other names are mapped onto the fmmc taxonomy with ``load_label_map("dms")`` (``map=FILE``
-to change it). With ``keep=taxonomy`` (default) names that map to nothing (e.g. "Sky") are dropped and
-counted; ``keep=all`` keeps them under their DMS name (a model must then know those classes).
+to change it; names are looked up case-insensitively). With ``keep=taxonomy`` (default) names that map to
+nothing (e.g. "Sky") are dropped and counted; ``keep=all`` keeps them under their DMS name (a model must
+then know those classes).
 
 Masks are materialised: each region's binary mask is written once as a PNG under ``masks=DIR`` (default
 ``<cache>/dms-masks/``), named by a hash of the label map's bytes and the value, so every downstream
 tool (feature extractor, describers, feature cache keys) sees an ordinary region with a mask file.
 
-Layout: ``/path`` may be the DMS root (``labels/<split>/*.png``, ``images/<split>/*.jpg``,
-``taxonomy.json``) or a folder of label maps; ``images=DIR`` points at the RGB images (with or without a
-``<split>`` subfolder). Options: ``images``, ``min_area`` (0.01), ``keep`` (taxonomy|all), ``masks``,
-``missing`` (error|skip: a label map without its image), ``map`` (dms), ``taxonomy`` (a taxonomy.json).
+Options: ``images``, ``min_area`` (0.01), ``keep`` (taxonomy|all), ``masks``, ``missing`` (error|skip: a
+label map without its image), ``map`` (dms), ``taxonomy`` (a taxonomy.json).
 """
 
 from __future__ import annotations
@@ -28,6 +43,7 @@ import json
 import logging
 import os
 from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,36 +51,78 @@ import numpy as np
 from PIL import Image
 
 from fmmc.data.dataset import DatasetError
-from fmmc.data.readers.testsets import IMAGE_EXTS, TestSet, _wh, image_size
+from fmmc.data.readers.spec import TestSet, format_size, image_size, list_images, problem_list
 from fmmc.data.records import Region
 
 log = logging.getLogger(__name__)
 
+LABEL_MODES = ("L", "P", "I", "I;16", "I;16B", "I;16L")
+
+
+@dataclass
+class DmsPairs:
+    """What :func:`dms_pairs` found: ``(image, label map)`` pairs in label-map name order, and the label maps
+    that have no image (``missing``)."""
+
+    labels_dir: Path
+    images_dir: Path
+    pairs: list[tuple[Path, Path]] = field(default_factory=list)
+    missing: list[Path] = field(default_factory=list)
+
+
+def _child(base: Path, name: str) -> Path | None:
+    """The folder ``base/name``, its name matched in any case (exact spelling first)."""
+    if (base / name).is_dir():
+        return base / name
+    if not base.is_dir():
+        return None
+    return next((p for p in sorted(base.iterdir()) if p.is_dir() and p.name.lower() == name.lower()), None)
+
 
 def _split_dir(base: Path, split: str | None) -> Path:
     """``base/split`` when it exists; no split given: ``base/test`` when it exists, else ``base``."""
-    split = split or "test"
-    return base / split if (base / split).is_dir() else base
+    return _child(base, split or "test") or base
 
 
-def _resolve_dirs(root: Path, images: str | None, split: str | None) -> tuple[Path, Path]:
-    labels = _split_dir(root / "labels", split) if (root / "labels").is_dir() else _split_dir(root, split)
+def dms_pairs(root: str | Path, split: str | None = None, images: str | Path | None = None) -> DmsPairs:
+    """The ``(image, label map)`` pairs of a DMS tree (layout in the module docstring).
+
+    Raises :class:`DatasetError` naming the folder when there are no label maps or no images folder.
+    """
+    root = Path(root).expanduser()
+    labels_dir = _split_dir(_child(root, "labels") or root, split)
+    label_files = sorted(p for p in labels_dir.iterdir() if p.is_file() and p.suffix.lower() == ".png") \
+        if labels_dir.is_dir() else []
+    if not label_files:
+        subdirs = sorted(p.name for p in labels_dir.iterdir() if p.is_dir()) if labels_dir.is_dir() else []
+        hint = f"; choose a split with --split ({', '.join(subdirs)})" if subdirs else ""
+        raise DatasetError(f"{labels_dir}: no label PNGs (DMS label maps, expected labels/<split>/*.png){hint}")
     if images:
-        img_dir = _split_dir(Path(images).expanduser(), split)
-    elif (root / "images").is_dir():
-        img_dir = _split_dir(root / "images", split)
+        images_dir = _split_dir(Path(images).expanduser(), split)
+    elif _child(root, "images") is not None:
+        images_dir = _split_dir(_child(root, "images"), split)  # type: ignore[arg-type]
     else:
         raise DatasetError(f"{root}: where are the RGB images? DMS ships label maps only; pass them as "
                            f"dms:{root}?images=/path/to/images (or put them in {root}/images/<split>/)")
-    if not img_dir.is_dir():
-        raise DatasetError(f"DMS images folder {img_dir} does not exist")
-    return labels, img_dir
+    if not images_dir.is_dir():
+        raise DatasetError(f"DMS images folder {images_dir} does not exist")
+    by_stem: dict[str, Path] = {}
+    for p in list_images(images_dir):
+        by_stem.setdefault(p.stem, p)
+    found = DmsPairs(labels_dir, images_dir)
+    for lab in label_files:
+        if lab.stem in by_stem:
+            found.pairs.append((by_stem[lab.stem], lab))
+        else:
+            found.missing.append(lab)
+    return found
 
 
-def _names(root: Path, taxonomy: str | None) -> list[str]:
+def taxonomy_names(root: str | Path, taxonomy: str | Path | None = None) -> list[str]:
+    """DMS names in value order: from ``taxonomy`` (a file), else ``root/taxonomy.json``, else the built-in list."""
     from fmmc.taxonomy.taxonomy import dms_names
 
-    path = Path(taxonomy).expanduser() if taxonomy else root / "taxonomy.json"
+    path = Path(taxonomy).expanduser() if taxonomy else Path(root).expanduser() / "taxonomy.json"
     if not path.is_file():
         if taxonomy:
             raise DatasetError(f"DMS taxonomy file {path} does not exist")
@@ -83,17 +141,43 @@ def _names(root: Path, taxonomy: str | None) -> list[str]:
     return names
 
 
-def read_label_map(path: Path) -> np.ndarray:
+def read_label_map(path: str | Path) -> np.ndarray:
     """A label map as an int array ``[H, W]``; colour or alpha images are an error (not DMS label maps)."""
     try:
         with Image.open(path) as im:
             im.load()
-            if im.mode not in ("L", "P", "I", "I;16", "I;16B", "I;16L"):
+            if im.mode not in LABEL_MODES:
                 raise DatasetError(f"{path}: label map has mode {im.mode}; expected a single-channel PNG whose "
                                    "values index taxonomy.json names (DMS labels/*.png)")
             return np.asarray(im).astype(np.int64)
     except OSError as e:
         raise DatasetError(f"{path}: cannot read the label map: {e}") from e
+
+
+def check_values(arr: np.ndarray, n_names: int, path: str | Path) -> None:
+    """Every value of a label map must index one of ``n_names`` names."""
+    bad = [int(v) for v in np.unique(arr) if v < 0 or v >= n_names]
+    if bad:
+        raise DatasetError(f"{path}: label value(s) {bad[:10]} outside the DMS taxonomy (0..{n_names - 1}); "
+                           "is this a DMS label map? (values must index taxonomy.json names)")
+
+
+def value_labels(names: list[str], map: str | dict[str, Any] = "dms") -> list[str | None]:  # noqa: A002
+    """Per label-map value, the fmmc label its DMS name maps to (``map``: ``dms``, a file or a dict, looked up
+    case-insensitively); None for non-materials and for names the map sends nowhere or does not list."""
+    from fmmc.taxonomy import load_label_map
+
+    mapping = {str(k).lower(): v for k, v in (map if isinstance(map, dict) else load_label_map(map)).items()}
+    non_material = _non_materials()
+    return [None if name.lower() in non_material or mapping.get(name.lower()) is None else str(mapping[name.lower()])
+            for name in names]
+
+
+def _non_materials() -> set[str]:
+    """DMS names that are no material ("No label", "I cannot tell", ...), lower case."""
+    from fmmc.taxonomy.taxonomy import dms_non_materials
+
+    return {n.lower() for n in dms_non_materials()}
 
 
 def _write_mask(path: Path, mask: np.ndarray) -> None:
@@ -104,14 +188,13 @@ def _write_mask(path: Path, mask: np.ndarray) -> None:
     os.replace(tmp, path)
 
 
-def load_dms(root: Path, split: str | None = None, cache_dir: str | Path | None = None, images: str | None = None,
-             min_area: str | float = 0.01, keep: str = "taxonomy", masks: str | None = None, missing: str = "error",
-             map: str = "dms", taxonomy: str | None = None) -> TestSet:  # noqa: A002 - option name
-    """Regions of DMS label maps (see the module docstring for the options)."""
-    from fmmc.taxonomy import load_label_map
-    from fmmc.taxonomy.taxonomy import dms_non_materials
+def load_dms(root: str | Path, split: str | None = None, cache_dir: str | Path | None = None,
+             images: str | None = None, min_area: str | float = 0.01, keep: str = "taxonomy", masks: str | None = None,
+             missing: str = "error", map: str = "dms", taxonomy: str | None = None) -> TestSet:  # noqa: A002
+    """Regions of DMS label maps (see the module docstring for the layout and the options)."""
     from fmmc.vision.cache import default_cache_dir
 
+    root = Path(root).expanduser()
     try:
         min_frac = float(min_area)
     except ValueError as e:
@@ -120,52 +203,40 @@ def load_dms(root: Path, split: str | None = None, cache_dir: str | Path | None 
         raise ValueError(f"dms option keep={keep!r}: choose taxonomy (drop unmapped materials) or all")
     if missing not in ("error", "skip"):
         raise ValueError(f"dms option missing={missing!r}: choose error or skip")
-    labels_dir, img_dir = _resolve_dirs(root, images, split)
-    names = _names(root, taxonomy)
-    non_materials = dms_non_materials()
-    mapping = {k.lower(): v for k, v in load_label_map(map).items()}
+    found = dms_pairs(root, split=split, images=images)
+    names = taxonomy_names(root, taxonomy)
+    labels = value_labels(names, map)
+    non_material = _non_materials()
     mask_dir = Path(masks).expanduser() if masks else Path(cache_dir or default_cache_dir().parent) / "dms-masks"
     mask_dir.mkdir(parents=True, exist_ok=True)
-    label_files = sorted(p for p in labels_dir.iterdir() if p.suffix.lower() == ".png")
-    if not label_files:
-        subdirs = sorted(p.name for p in labels_dir.iterdir() if p.is_dir())
-        hint = f"; choose a split with --split ({', '.join(subdirs)})" if subdirs else ""
-        raise DatasetError(f"{labels_dir}: no label-map PNGs (expected labels/<split>/*.png){hint}")
-    by_stem = {p.stem: p for p in img_dir.iterdir() if p.suffix.lower() in IMAGE_EXTS}
     regions: list[Region] = []
-    problems: list[str] = []
+    problems = [f"{lab}: no RGB image {lab.stem}.* in {found.images_dir}" for lab in found.missing]
     dropped: Counter[str] = Counter()
     unmapped: Counter[str] = Counter()
-    for lab_path in label_files:
-        img = by_stem.get(lab_path.stem)
-        if img is None:
-            problems.append(f"{lab_path}: no RGB image {lab_path.stem}.* in {img_dir}")
-            continue
+    for img, lab_path in found.pairs:
         arr = read_label_map(lab_path)
+        check_values(arr, len(names), lab_path)
         values, counts = np.unique(arr, return_counts=True)
-        bad = [int(v) for v in values if v < 0 or v >= len(names)]
-        if bad:
-            raise DatasetError(f"{lab_path}: label value(s) {bad} outside the DMS taxonomy (0..{len(names) - 1}); "
-                               "is this a DMS label map? (values must index taxonomy.json names)")
         try:
             isize = image_size(img)
         except OSError as e:
             problems.append(f"{img}: cannot read the image: {e}")
             continue
         if isize != (arr.shape[1], arr.shape[0]):
-            problems.append(f"{img}: image is {_wh(isize)} but its label map {lab_path} is {arr.shape[1]}x{arr.shape[0]}")
+            problems.append(f"{img}: image is {format_size(isize)} but its label map {lab_path} is "
+                            f"{arr.shape[1]}x{arr.shape[0]}")
             continue
         digest = hashlib.sha256(lab_path.read_bytes()).hexdigest()[:16]
         total = arr.size
         for v, c in zip(values.tolist(), counts.tolist()):
             name = names[v]
-            if name in non_materials:
+            if name.lower() in non_material:
                 dropped["non-material"] += 1
                 continue
             if c / total < min_frac:
                 dropped["below min_area"] += 1
                 continue
-            label = mapping.get(name.lower())
+            label = labels[v]
             if label is None:
                 unmapped[name] += 1
                 if keep == "taxonomy":
@@ -177,16 +248,16 @@ def load_dms(root: Path, split: str | None = None, cache_dir: str | Path | None 
                                   extra={"dms_value": v, "dms_name": name, "area": round(c / total, 5)}))
     notes = _notes(problems, dropped, unmapped, keep, min_frac)
     if problems:
-        shown = "\n  ".join(problems[:10])
-        more = f"\n  ... and {len(problems) - 10} more" if len(problems) > 10 else ""
         if missing == "error":
-            raise DatasetError(f"{labels_dir}: {len(problems)} label map(s) without a usable image:\n  {shown}{more}\n"
+            raise DatasetError(f"{found.labels_dir}: {len(problems)} label map(s) without a usable image:\n  "
+                               f"{problem_list(problems)}\n"
                                "Point images= at the RGB folder, or add &missing=skip to evaluate the rest.")
-        log.warning("%s: %d label map(s) skipped (no usable image)", labels_dir, len(problems))
-    stats: dict[str, Any] = {"label_maps": len(label_files), "regions": len(regions), "skipped_maps": len(problems),
+        log.warning("%s: %d label map(s) skipped (no usable image)", found.labels_dir, len(problems))
+    n_maps = len(found.pairs) + len(found.missing)
+    stats: dict[str, Any] = {"label_maps": n_maps, "regions": len(regions), "skipped_maps": len(problems),
                              "dropped": dict(dropped), "unmapped": dict(unmapped), "min_area": min_frac,
                              "masks": str(mask_dir)}
-    log.info("DMS %s: %d regions from %d label maps", labels_dir, len(regions), len(label_files))
+    log.info("DMS %s: %d regions from %d label maps", found.labels_dir, len(regions), n_maps)
     return TestSet(f"dms:{root}", "dms", regions, notes, stats)
 
 

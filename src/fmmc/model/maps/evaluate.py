@@ -11,15 +11,16 @@ map leaves unlabelled counts as wrong. mIoU and mAcc average over the classes pr
 truth of the evaluated images, computed from one confusion matrix over all pixels (as the paper's
 tables do for regions).
 
-Layout read by :func:`load_dms_pairs`: label PNGs under a folder named ``labels`` (any case, any depth:
-``DMS_v1/Labels/test/123.png``), images with the same stem under a folder named ``images``
-(``DMS_v1/images/test/123.jpg``), and optionally ``taxonomy.json`` at the root (DMS's own; its ``names``
-then replace the built-in list).
+:func:`load_dms_pairs` reads a DMS tree with the same reader as ``fmmc eval dms:``
+(:mod:`fmmc.data.readers.dms`): label PNGs in ``<root>/labels/<split>/`` (any case: ``DMS_v1/Labels/test/``;
+no split given: ``test`` when present), images with the same stem in ``<root>/images/<split>/`` (or
+``images=DIR``), and ``taxonomy.json`` at the root when present (its ``names`` then replace the built-in
+list). Label files are decoded by :func:`fmmc.data.readers.dms.read_label_map` and DMS names mapped by
+:func:`fmmc.data.readers.dms.value_labels`, as for region test sets.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Iterable
 from pathlib import Path
@@ -32,7 +33,6 @@ from fmmc.model.maps.render import UNLABELLED
 
 log = logging.getLogger(__name__)
 
-IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
 IGNORE = 255
 
 
@@ -40,24 +40,21 @@ def source_lut(taxonomy: Any, names: list[str] | None = None, label_map: str | d
     """``[256]`` uint8: a label-map value -> the model's class index, or 255 (ignored).
 
     ``names`` are the source dataset's class names in value order (DMS's 57 by default); ``label_map``
-    maps them onto the default taxonomy's names. ``label_map=None`` means values already are the
-    model's class indices (255 ignored).
+    maps them onto the default taxonomy's names as the DMS test-set reader does
+    (:func:`fmmc.data.readers.dms.value_labels`: case-insensitive, non-materials dropped).
+    ``label_map=None`` means values already are the model's class indices (255 ignored).
     """
     lut = np.full(256, IGNORE, dtype=np.uint8)
     if label_map is None:
         n = min(len(taxonomy), IGNORE)
         lut[:n] = np.arange(n)
         return lut
-    from fmmc.taxonomy import load_label_map
+    from fmmc.data.readers.dms import value_labels
     from fmmc.taxonomy.taxonomy import dms_names
 
-    mapping = label_map if isinstance(label_map, dict) else load_label_map(label_map)
-    names = names if names is not None else dms_names()
-    for value, name in enumerate(names[:256]):
-        target = mapping.get(name)
-        if target is None:
-            continue
-        canon = taxonomy.canonical(str(target))
+    targets = value_labels(names if names is not None else dms_names(), label_map)
+    for value, target in enumerate(targets[:256]):
+        canon = taxonomy.canonical(target) if target is not None else None
         if canon is not None:
             lut[value] = taxonomy.names.index(canon)
     return lut
@@ -103,13 +100,14 @@ def map_metrics(conf: np.ndarray, names: tuple[str, ...] | list[str]) -> dict[st
 
 
 def _load_label(source: Any) -> np.ndarray:
-    if isinstance(source, np.ndarray):
-        arr = source
+    """A label map from an array, a PIL image or a file (files decoded as the DMS reader does)."""
+    if isinstance(source, (str, Path)):
+        from fmmc.data.readers.dms import read_label_map
+
+        arr = read_label_map(source)
     else:
-        with Image.open(source) as im:
-            im.load()
-            arr = np.asarray(im.convert("L") if im.mode in ("P",) else im)
-    if arr.ndim == 3:  # an RGB-saved grey label map: all channels equal
+        arr = np.asarray(source)
+    if arr.ndim == 3:  # an RGB-saved grey label map (in memory): all channels equal
         if not (np.array_equal(arr[..., 0], arr[..., 1]) and np.array_equal(arr[..., 0], arr[..., 2])):
             raise ValueError(f"{source}: label map must be single-channel (class index per pixel), got colours")
         arr = arr[..., 0]
@@ -128,10 +126,13 @@ def evaluate_maps(model: Any, pairs: Iterable[tuple[Any, Any]], mode: str = "gri
     from tqdm.auto import tqdm
 
     from fmmc.data.imageio import ImageError, load_image
+    from fmmc.data.readers.dms import check_values
+    from fmmc.taxonomy.taxonomy import dms_names
 
     tax = model.taxonomy
     k = len(tax)
     lut = source_lut(tax, names, label_map)
+    n_names = None if label_map is None else len(names if names is not None else dms_names())
     conf = np.zeros((k, k + 1), dtype=np.int64)
     failures: list[tuple[str, str]] = []
     n = 0
@@ -140,7 +141,10 @@ def evaluate_maps(model: Any, pairs: Iterable[tuple[Any, Any]], mode: str = "gri
         name = str(img_src) if isinstance(img_src, (str, Path)) else f"pair {n + len(failures)}"
         try:
             img = img_src if isinstance(img_src, Image.Image) else load_image(img_src)
-            gt = lut[_load_label(lab_src)]
+            raw = _load_label(lab_src)
+            if n_names is not None:  # a value naming no source class is not this dataset's label map
+                check_values(raw, n_names, lab_src if isinstance(lab_src, (str, Path)) else name)
+            gt = lut[raw]
             if gt.shape != (img.height, img.width):
                 log.info("%s: label map %s resized to the image %dx%d", name, gt.shape, img.width, img.height)
                 gt = np.asarray(Image.fromarray(gt).resize(img.size, Image.NEAREST))
@@ -158,46 +162,26 @@ def evaluate_maps(model: Any, pairs: Iterable[tuple[Any, Any]], mode: str = "gri
 
 
 def load_dms_pairs(root: str | Path, split: str | None = None,
-                   images: str | Path | None = None) -> tuple[list[tuple[Path, Path]], list[str] | None]:
-    """(image, label) pairs under ``root`` (see the module docstring) and DMS's names if ``taxonomy.json`` is there.
+                   images: str | Path | None = None) -> tuple[list[tuple[Path, Path]], list[str]]:
+    """(image, label map) pairs of the DMS tree at ``root`` and its names in value order.
 
-    ``split`` keeps only files under a folder of that name (``train``, ``validation``, ``test``);
-    ``images`` is a separate folder holding the RGB images (any depth), matched to label maps by file stem.
+    Read by :func:`fmmc.data.readers.dms.dms_pairs`, the reader behind ``fmmc eval dms:``, so both see the
+    same images: ``split`` picks ``labels/<split>/`` (default ``test`` when present), ``images`` is a folder
+    of RGB images (with or without ``<split>/``) when they are not in ``root/images/``. Label maps without
+    an image are skipped with a warning. Names come from ``root/taxonomy.json``, else the built-in DMS list.
     """
-    root = Path(root)
+    from fmmc.data.readers.dms import dms_pairs, taxonomy_names
+
+    root = Path(root).expanduser()
     if not root.is_dir():
         raise ValueError(f"{root}: not a folder (expected a DMS folder with labels/ and images/)")
-
-    def under(p: Path, folder: str) -> bool:
-        return any(part.lower() == folder for part in p.relative_to(root).parts[:-1])
-
-    labels = sorted(p for p in root.rglob("*.png") if under(p, "labels"))
-    if split:
-        labels = [p for p in labels if split in p.relative_to(root).parts[:-1]]
-    found: dict[str, Path] = {}
-    if images is not None:
-        img_root = Path(images)
-        if not img_root.is_dir():
-            raise ValueError(f"{img_root}: images folder does not exist")
-        for p in sorted(img_root.rglob("*")):
-            if p.suffix.lower() in IMAGE_EXTS:
-                found.setdefault(p.stem, p)
-    else:
-        for p in sorted(root.rglob("*")):
-            if p.suffix.lower() in IMAGE_EXTS and under(p, "images") and (not split or split in p.relative_to(root).parts[:-1]):
-                found.setdefault(p.stem, p)
-    pairs = [(found[lab.stem], lab) for lab in labels if lab.stem in found]
-    missing = len(labels) - len(pairs)
-    if not labels:
-        raise ValueError(f"{root}: no label PNGs under a 'labels' folder{f' in split {split!r}' if split else ''}")
-    if missing:
-        log.warning("%d label maps have no image with the same name under an 'images' folder", missing)
-    if not pairs:
-        raise ValueError(f"{root}: {len(labels)} label maps but none has a matching image under an 'images' folder "
-                         "(DMS images come from Open Images; download them next to the labels)")
-    names = None
-    tax_file = root / "taxonomy.json"
-    if tax_file.is_file():
-        data = json.loads(tax_file.read_text())
-        names = list(data["names"]) if isinstance(data, dict) and "names" in data else None
-    return pairs, names
+    found = dms_pairs(root, split=split, images=images)
+    if found.missing:
+        log.warning("%d of %d label maps in %s have no image with the same name in %s (first: %s)",
+                    len(found.missing), len(found.missing) + len(found.pairs), found.labels_dir, found.images_dir,
+                    found.missing[0].name)
+    if not found.pairs:
+        raise ValueError(f"{found.labels_dir}: {len(found.missing)} label maps but none has a matching image in "
+                         f"{found.images_dir} (DMS images come from Open Images; download them next to the labels, "
+                         "or pass the folder holding them)")
+    return found.pairs, taxonomy_names(root)

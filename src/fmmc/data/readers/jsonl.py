@@ -1,0 +1,34 @@
+"""The fmmc dataset format as a test set: ``jsonl:/path``, or a plain folder holding ``metadata.jsonl``.
+
+See :mod:`fmmc.data.dataset` for the format; ``--split`` selects a split when the lines have one.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+from fmmc.data.dataset import DatasetError, load_dataset, metadata_path
+from fmmc.data.readers.spec import TestSet
+
+
+def load_jsonl(root: str | Path, split: str | None = None, *, cache_dir: str | Path | None = None) -> TestSet:
+    """The fmmc format; ``split`` given: only that split. Not given: ``test`` if any line has it, else all."""
+    root = Path(root).expanduser()
+    regions = load_dataset(root)
+    splits = Counter(r.split for r in regions)
+    present = {str(k): v for k, v in splits.items()}
+    notes = []
+    if split is not None:
+        chosen = [r for r in regions if r.split == split]
+        if not chosen:
+            raise DatasetError(f"{metadata_path(root)}: no region has split={split!r}; splits present: {present}")
+    elif splits.get("test"):
+        chosen = [r for r in regions if r.split == "test"]
+        notes.append(f"split 'test' used ({len(chosen)} of {len(regions)} regions)")
+    else:
+        chosen = regions
+        if any(k is not None for k in splits):
+            notes.append(f"no 'test' split: all {len(regions)} regions used (splits: {present}); "
+                         "pass --split to choose one")
+    return TestSet(f"jsonl:{root}", "jsonl", chosen, notes, {"regions": len(chosen)})
