@@ -18,8 +18,8 @@ import numpy as np
 import yaml
 from PIL import Image, ImageDraw, ImageFilter
 
-from fmmc.data.regions import load_region
 from fmmc.data.records import Region
+from fmmc.data.regions import load_region
 from fmmc.taxonomy import Taxonomy
 
 if TYPE_CHECKING:

@@ -30,8 +30,8 @@ from PIL import Image, ImageDraw, ImageFilter
 
 from fmmc.data.dataset import load_dataset
 from fmmc.data.imageio import load_image
-from fmmc.data.regions import as_mask, region_threshold
 from fmmc.data.records import Region
+from fmmc.data.regions import as_mask, region_threshold
 
 log = logging.getLogger(__name__)
 
