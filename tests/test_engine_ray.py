@@ -151,6 +151,7 @@ def test_features_on_ray_equal_local_and_train_reuses_them(ray_local, tmp_path, 
     from fmmc.cli.main import main
     from fmmc.data.dataset import load_dataset
     from fmmc.engine.features import FeatureJob, extract_features
+    from fmmc.model.config import FeatureSpec
     from fmmc.model.encoder import build_encoder
 
     data = tmp_path / "data"
@@ -171,11 +172,11 @@ def test_features_on_ray_equal_local_and_train_reuses_them(ray_local, tmp_path, 
     assert info["engine"] == "ray" and info["concurrency"] == 2
 
     # `fmmc train` (head mode) builds this encoder: it must find every feature and run no backbone
-    enc = build_encoder("vision", f"hf:{tiny_dinov2}", None, None, image_size=112, cache_dir=tmp_path / "ray")
+    enc = build_encoder("vision", FeatureSpec(backbone=f"hf:{tiny_dinov2}", image_size=112), None, None, cache_dir=tmp_path / "ray")
     assert enc.extractor.cache.dir == ns
     enc.extractor.pooled = lambda *a, **k: pytest.fail("feature recomputed instead of read from the cache")
     got = enc.encode_regions(regions, progress=False)
-    enc_loc = build_encoder("vision", f"hf:{tiny_dinov2}", None, None, image_size=112, cache_dir=tmp_path / "loc")
+    enc_loc = build_encoder("vision", FeatureSpec(backbone=f"hf:{tiny_dinov2}", image_size=112), None, None, cache_dir=tmp_path / "loc")
     enc_loc.extractor.pooled = enc.extractor.pooled
     want = enc_loc.encode_regions(regions, progress=False)
     assert got.index == want.index and len(got.index) == 29

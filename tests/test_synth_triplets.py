@@ -10,12 +10,13 @@ import yaml
 
 from fmmc.synth.blocklist import blocked, load_blocklist
 from fmmc.synth.config import TripletsConfig
-from fmmc.synth.llm_triplets import extract_json, judge_triplets, propose_triplets
+from fmmc.synth.llm_triplets import extract_json, judge_triplets
 from fmmc.synth.triplets import (
     load_table,
     make_triplet,
     make_triplets,
     normalize,
+    propose_triplets,
     render_prompt,
     select_balanced,
 )

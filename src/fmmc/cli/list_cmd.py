@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import argparse
 
-ALIASES = {"backbones": "backbone", "describers": "describer", "text-encoders": "text-encoder"}
+ALIASES = {"backbones": "backbone", "describers": "describer", "text-encoders": "text-encoder",
+           "datasets": "dataset", "baselines": "baseline", "llms": "llm"}
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("list", help="list the known specs of a component kind (backbones, describers, ...)")
-    p.add_argument("kind", nargs="?", help="backbones, describers, text-encoders, ... (omit for all kinds)")
+    p = sub.add_parser("list", help="list the known specs of a component kind (backbones, datasets, llms, ...)")
+    p.add_argument("kind", nargs="?",
+                   help="backbones, describers, text-encoders, datasets, baselines, llms, ... (omit for all kinds)")
     p.set_defaults(func=run)
 
 

@@ -35,8 +35,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--top-k", type=int, default=5)
     p.add_argument("--segmenter", help="segmenter spec (default: the model's, else hf:facebook/sam-vit-base)")
     p.add_argument("--eval-dms", metavar="DIR", help="evaluate maps against DMS label maps under DIR")
-    p.add_argument("--split", help="with --eval-dms: only this split (train, validation, test)")
-    p.add_argument("--dms-images", metavar="DIR", help="with --eval-dms: the RGB images, if not in DIR/images/")
+    p.add_argument("--split", help="with --eval-dms: the split DIR/labels/<split> (train, validation, test; "
+                                   "default: test when present), read as `fmmc eval dms:DIR` reads it")
+    p.add_argument("--dms-images", metavar="DIR", help="with --eval-dms: the RGB images (with or without <split>/), "
+                                                       "if not in DIR/images/")
     p.add_argument("--limit", type=int, help="with --eval-dms: at most N images")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)

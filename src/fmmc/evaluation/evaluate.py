@@ -75,8 +75,8 @@ def test_classes(model: Any, ts: TestSet) -> list[str]:
 
 
 def _check_descriptions(model: Any, ts: TestSet) -> None:
-    cfg = getattr(model, "config", {}) or {}
-    if cfg.get("streams") in ("both", "language") and cfg.get("describer") == "metadata":
+    cfg = getattr(model, "config", None)
+    if getattr(cfg, "streams", None) in ("both", "language") and getattr(cfg, "describer", None) == "metadata":
         lacking = [r.id for r in ts.regions if r.description is None]
         if lacking:
             raise ValueError(

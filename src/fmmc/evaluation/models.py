@@ -4,6 +4,10 @@
     >>> m = load_eval_model("zeroshot:clip:openai/clip-vit-base-patch32")           # doctest: +SKIP
     >>> m = load_eval_model("zeroshot:vlm:openai:gpt-4o?base_url=http://localhost:8000/v1")  # doctest: +SKIP
 
+``zeroshot:<baseline spec>`` names a ``baseline`` of :mod:`fmmc.core.registry` (``fmmc list baselines``:
+``clip:<id>``, ``vlm:<llm spec>``, or your own ``package.module:factory``), built as
+``factory(arg, taxonomy=..., cache_dir=..., device=..., **options)``.
+
 Every evaluable model has ``spec``, ``labels``, ``taxonomy``, ``predict_regions(regions, classes, progress)``
 and a ``config`` dict (written into the report). Options after ``?`` go to the baseline (``templates=FILE``
 for CLIP; ``base_url=``, ``workers=``, ``marking=`` for the VLM; ``taxonomy=`` for both).
@@ -22,7 +26,7 @@ from fmmc.taxonomy import Taxonomy
 log = logging.getLogger(__name__)
 
 ZEROSHOT_HELP = ("zeroshot:clip:<CLIP/SigLIP hub id or dir> or zeroshot:vlm:openai:<model> "
-                 "(options after '?', e.g. ?base_url=http://localhost:8000/v1)")
+                 "(options after '?', e.g. ?base_url=http://localhost:8000/v1; `fmmc list baselines`)")
 
 
 class EvalModel(Protocol):
@@ -54,25 +58,22 @@ def load_eval_model(spec: str, cache_dir: str | Path | None = None, describer: s
 
 
 def _zeroshot(spec: str, cache_dir: str | Path | None, device: str) -> Any:
+    """``zeroshot:<baseline spec>?options``, built by the ``baseline`` registry."""
+    from fmmc.core.registry import build, registry
+
     body, _, query = spec.partition("?")
     options = dict(parse_qsl(query, keep_blank_values=True)) if query else {}
-    kind, _, arg = body[len("zeroshot:"):].partition(":")
-    taxonomy = options.pop("taxonomy", "default")
-    if kind == "clip":
-        from fmmc.evaluation.baselines.clip import build_clip_zeroshot
+    baseline = body[len("zeroshot:"):]
+    try:
+        registry("baseline").parse(baseline)
+    except ValueError as e:
+        raise ValueError(f"unknown zero-shot baseline {spec!r}; use {ZEROSHOT_HELP}. {e}") from e
+    if cache_dir is None:
+        from fmmc.vision.cache import default_cache_dir
 
-        options.setdefault("device", device)
-        model = build_clip_zeroshot(arg, taxonomy=taxonomy, **options)
-    elif kind == "vlm":
-        from fmmc.evaluation.baselines.vlm import build_vlm_zeroshot
-
-        if cache_dir is None:
-            from fmmc.vision.cache import default_cache_dir
-
-            cache_dir = default_cache_dir().parent
-        model = build_vlm_zeroshot(arg, taxonomy=taxonomy, cache_dir=cache_dir, **options)
-    else:
-        raise ValueError(f"unknown zero-shot baseline {spec!r}; use {ZEROSHOT_HELP}")
+        cache_dir = default_cache_dir().parent
+    options.setdefault("device", device)
+    model = build("baseline", baseline, taxonomy=options.pop("taxonomy", "default"), cache_dir=cache_dir, **options)
     model.spec = spec
     return model
 

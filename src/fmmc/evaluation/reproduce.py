@@ -72,11 +72,11 @@ def finished(out: Path, cell: Cell) -> dict[str, Any] | None:
 
 def _train_data(spec: str, out: Path, cache_dir: Path) -> str:
     """A training set as a folder with metadata.jsonl: other data specs are loaded (split train) and written."""
+    from fmmc.core.registry import registry
     from fmmc.data.dataset import metadata_path, write_dataset
-    from fmmc.data.readers.spec import KINDS
 
     kind = spec.partition(":")[0]
-    if kind not in KINDS or kind == "jsonl":
+    if kind not in registry("dataset").entries or kind == "jsonl":
         path = spec.partition(":")[2] if kind == "jsonl" else spec
         if not metadata_path(path).is_file():
             raise ValueError(f"training data {spec!r}: no metadata.jsonl there (a dataset folder, or a data spec "

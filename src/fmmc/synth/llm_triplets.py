@@ -1,12 +1,15 @@
-"""The optional LLM step of the triplet stage: propose more triplets per class, judge their plausibility.
+"""The optional LLM step of the triplet stage: ask for more objects per class, judge their plausibility.
 
     >>> client = make_llm_client("openai:gpt-4o-mini")             # doctest: +SKIP
-    >>> propose_triplets(client, taxonomy, ["wax"], [], {}, n=20)   # doctest: +SKIP
+    >>> propose_objects(client, taxonomy, "wax", [], n=20)          # doctest: +SKIP
+    [('candle holder', 'beeswax'), ...]
 
-Any OpenAI-compatible chat endpoint works (``fmmc.language.openai_client``): hosted APIs, vLLM, Ollama,
-LM Studio. Replies are parsed with :func:`extract_json`, which tolerates code fences, prose around the
-JSON, trailing commas and single quotes; a reply that still cannot be read is logged and skipped (the
-curated table alone always gives a usable result).
+The client is named by an ``llm`` spec of :mod:`fmmc.core.registry` (``triplets.llm``; ``fmmc list llms``):
+``none``, ``openai:MODEL`` (any OpenAI-compatible chat endpoint, ``fmmc.language.openai_client``: hosted
+APIs, vLLM, Ollama, LM Studio) or your own ``package.module:factory``. Replies are parsed with
+:func:`extract_json`, which tolerates code fences, prose around the JSON, trailing commas and single quotes;
+a reply that still cannot be read is logged and skipped (the curated table alone always gives a usable
+result). :func:`fmmc.synth.triplets.propose_triplets` turns the proposals into triplet records.
 """
 
 from __future__ import annotations
@@ -42,14 +45,28 @@ Answer with a JSON list with one entry per triplet: [{{"i": 0, "plausible": true
 
 
 def make_llm_client(spec: str, base_url: str | None = None) -> Any:
+    """The chat client named by the ``llm`` spec (``none`` -> None; ``openai:MODEL``; ``package.module:factory``)."""
+    from fmmc.core.registry import build
+
+    try:
+        return build("llm", spec, base_url=base_url)
+    except ValueError as e:
+        raise ValueError(f"triplets.llm={spec!r}: {e}") from e
+
+
+def build_no_llm(arg: str = "", **_: Any) -> None:
+    """``none``: no LLM step (the curated table only)."""
+    return None
+
+
+def build_openai_llm(model: str, base_url: str | None = None, **options: Any) -> Any:
     """``openai:MODEL`` -> an OpenAI-compatible chat client (base URL and key from args or environment)."""
-    prefix, _, model = spec.partition(":")
-    if prefix != "openai" or not model:
-        raise ValueError(f"triplets.llm={spec!r}: use 'none' or 'openai:MODEL' (e.g. openai:gpt-4o-mini, "
-                         "or a model served by vLLM/Ollama with triplets.llm_base_url=http://host:port/v1)")
+    if not model:
+        raise ValueError("'openai:' needs a model name, e.g. openai:gpt-4o-mini, or a model served by vLLM/Ollama "
+                         "with triplets.llm_base_url=http://host:port/v1")
     from fmmc.language.openai_client import OpenAIChatClient
 
-    return OpenAIChatClient(model, base_url=base_url)
+    return OpenAIChatClient(model, base_url=base_url, **options)
 
 
 # ------------------------------------------------------------------------------------------- parsing
@@ -148,31 +165,23 @@ def _pair(item: Any) -> tuple[Any, Any]:
     return None, None
 
 
-def propose_triplets(client: Any, taxonomy: Taxonomy, classes: list[str], existing: list[dict[str, Any]],
-                     words: dict[str, str], n: int, temperature: float = 0.7) -> list[dict[str, Any]]:
-    """Ask ``client`` for ``n`` triplets per class; unusable answers are logged and skipped."""
-    from fmmc.synth.triplets import make_triplet
+def propose_objects(client: Any, taxonomy: Taxonomy, label: str, avoid: list[str], n: int,
+                    temperature: float = 0.7) -> list[tuple[str, str]]:
+    """Ask ``client`` for ``n`` (object, sub-material) pairs of class ``label``; unclean names are skipped.
 
+    Raises whatever the client or :func:`extract_json` raises (the caller decides what a failure costs).
+    """
+    prompt = PROPOSE_USER.format(label=label, description=taxonomy.describe(label), n=n,
+                                 avoid=", ".join(avoid) or "(none)")
+    messages = [{"role": "system", "content": PROPOSE_SYSTEM}, {"role": "user", "content": prompt}]
+    items = _as_list(extract_json(client.chat(messages, temperature=temperature)), ("triplets", "objects", "items"))
     out = []
-    for label in classes:
-        avoid = sorted({t["object"] for t in existing if t["label"] == label})[:40]
-        prompt = PROPOSE_USER.format(label=label, description=taxonomy.describe(label), n=n,
-                                     avoid=", ".join(avoid) or "(none)")
-        messages = [{"role": "system", "content": PROPOSE_SYSTEM}, {"role": "user", "content": prompt}]
-        try:
-            items = _as_list(extract_json(client.chat(messages, temperature=temperature)), ("triplets", "objects", "items"))
-        except Exception as e:  # noqa: BLE001 - one bad class must not lose the others
-            log.warning("LLM proposals for %r failed (%s: %s); using the curated table only", label, type(e).__name__, e)
+    for item in items:
+        obj, sub = (clean_name(v) for v in _pair(item))
+        if obj is None or sub is None:
+            log.debug("LLM proposal for %r skipped (not a clean object/sub-material): %r", label, item)
             continue
-        got = 0
-        for item in items:
-            obj, sub = (clean_name(v) for v in _pair(item))
-            if obj is None or sub is None:
-                log.debug("LLM proposal for %r skipped (not a clean object/sub-material): %r", label, item)
-                continue
-            out.append(make_triplet(obj, label, sub, label, words.get(label), source="llm"))
-            got += 1
-        log.info("LLM proposed %d usable triplets for %r", got, label)
+        out.append((obj, sub))
     return out
 
 

@@ -234,6 +234,25 @@ def _filter(t: dict[str, Any], reason: str) -> None:
     t["status"], t["reason"] = FILTERED, reason
 
 
+def propose_triplets(client: Any, taxonomy: Taxonomy, classes: list[str], existing: list[dict[str, Any]],
+                     words: dict[str, str], n: int, temperature: float = 0.7) -> list[dict[str, Any]]:
+    """Ask the LLM ``client`` for ``n`` triplets per class (``source: llm``), avoiding the objects of ``existing``;
+    a class whose request or reply fails is logged and skipped."""
+    from fmmc.synth.llm_triplets import propose_objects
+
+    out = []
+    for label in classes:
+        avoid = sorted({t["object"] for t in existing if t["label"] == label})[:40]
+        try:
+            pairs = propose_objects(client, taxonomy, label, avoid, n, temperature)
+        except Exception as e:  # noqa: BLE001 - one bad class must not lose the others
+            log.warning("LLM proposals for %r failed (%s: %s); using the curated table only", label, type(e).__name__, e)
+            continue
+        out += [make_triplet(obj, label, sub, label, words.get(label), source="llm") for obj, sub in pairs]
+        log.info("LLM proposed %d usable triplets for %r", len(pairs), label)
+    return out
+
+
 def make_triplets(cfg: TripletsConfig, taxonomy: Taxonomy, classes: list[str] | None = None, seed: int = 0,
                   llm: Any = None) -> TripletResult:
     """All candidate triplets for ``classes`` (default: the whole taxonomy) with kept/filtered decisions.
@@ -249,13 +268,11 @@ def make_triplets(cfg: TripletsConfig, taxonomy: Taxonomy, classes: list[str] | 
     candidates = [c for c in candidates if c["label"] in selected]
     words = {taxonomy.canonical(m): e["word"] for m, e in table.items() if taxonomy.canonical(m)}
 
-    if llm is None and cfg.llm not in ("", "none"):
+    if llm is None and cfg.llm:
         from fmmc.synth.llm_triplets import make_llm_client
 
-        llm = make_llm_client(cfg.llm, cfg.llm_base_url)
+        llm = make_llm_client(cfg.llm, cfg.llm_base_url)  # None for "none"
     if llm is not None and cfg.llm_propose_per_class > 0:
-        from fmmc.synth.llm_triplets import propose_triplets
-
         candidates += propose_triplets(llm, taxonomy, selected, candidates, words, cfg.llm_propose_per_class)
 
     rules = load_blocklist(cfg.blocklist)

@@ -35,7 +35,8 @@ from fmmc.vision.protocol import Preprocess, as_output
 
 log = logging.getLogger(__name__)
 
-_RESAMPLE = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR, "nearest": Image.NEAREST, "lanczos": Image.LANCZOS}
+_RESAMPLE = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR, "nearest": Image.NEAREST, "lanczos": Image.LANCZOS,
+             "box": Image.BOX, "hamming": Image.HAMMING}  # every PIL filter a preprocessor_config.json may name
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 CPU_PIXELS_PER_CALL = 4 * 224 * 224  # default forward_batch on CPU: see FeatureExtractor
 
@@ -58,8 +59,10 @@ class Loaded(NamedTuple):
 def to_pixels(image: Image.Image, pre: Preprocess) -> torch.Tensor:
     """Resize (no crop) and normalise one RGB image -> [3, H, W] float32."""
     h, w = pre.image_size
+    if pre.resample not in _RESAMPLE:
+        raise ValueError(f"preprocess.resample={pre.resample!r}: choose one of {sorted(_RESAMPLE)}")
     if image.size != (w, h):
-        image = image.resize((w, h), _RESAMPLE.get(pre.resample, Image.BICUBIC))
+        image = image.resize((w, h), _RESAMPLE[pre.resample])
     x = torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1).float().div_(255.0)
     mean = torch.tensor(pre.mean).view(3, 1, 1)
     std = torch.tensor(pre.std).view(3, 1, 1)
@@ -127,7 +130,7 @@ class FeatureExtractor:
         return {
             "backbone": getattr(self.backbone, "spec", type(self.backbone).__name__),
             "weights": self._fingerprint,
-            "preprocess": self.pre.to_dict(),
+            "preprocess": {k: v for k, v in self.pre.to_dict().items() if k != "source"},  # values, not provenance
             "pooling": self.pooling,
             "min_coverage": self.min_coverage,
             "dtype": self.dtype,

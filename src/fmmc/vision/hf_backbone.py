@@ -36,8 +36,7 @@ _POOLED_CLS = frozenset({"clip", "clip_vision_model", "siglip", "siglip_vision_m
                          "siglip2", "siglip2_vision_model"})
 # PIL resample codes as stored in preprocessor_config.json -> fmmc.vision.extractor resample names
 _PIL_RESAMPLE = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5: "hamming"}
-_SUPPORTED_RESAMPLE = ("nearest", "lanczos", "bilinear", "bicubic")
-_CLOSEST_RESAMPLE = {"box": "bilinear", "hamming": "bilinear"}
+_SUPPORTED_RESAMPLE = tuple(_PIL_RESAMPLE.values())
 _PROBE_MULTIPLE = 64  # conv-net stride probe runs at a multiple of this, so ceil/floor rounding cannot bias it
 
 
@@ -315,15 +314,11 @@ def _triple(value: Any, name: str, source: str, default: tuple[float, float, flo
 
 
 def _resample_name(value: Any, source: str) -> str:
-    """PIL resample code (or name) -> one of the extractor's filters; box/hamming map to bilinear, warned."""
+    """PIL resample code (or name) -> the extractor's filter of that name."""
     if value is None:
         log.warning("%s of %s has no resample; using bicubic", PREPROCESSOR_FILE, source)
         return "bicubic"
     name = _PIL_RESAMPLE.get(value) if isinstance(value, int) else str(value).lower().rpartition(".")[2]
-    if name in _CLOSEST_RESAMPLE:
-        log.warning("%s of %s asks %s resampling, which fmmc does not offer; using %s", PREPROCESSOR_FILE,
-                    source, name, _CLOSEST_RESAMPLE[name])
-        return _CLOSEST_RESAMPLE[name]
     if name not in _SUPPORTED_RESAMPLE:
         raise ValueError(f"{PREPROCESSOR_FILE} of {source}: unknown resample {value!r}; expected a PIL code 0-5 "
                          f"or one of {_SUPPORTED_RESAMPLE}")

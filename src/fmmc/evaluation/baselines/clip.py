@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -152,12 +153,14 @@ class ClipZeroShot:
         return out, failures
 
 
-def build_clip_zeroshot(arg: str, taxonomy: str | Taxonomy = "default", **options: Any) -> ClipZeroShot:
-    """``zeroshot:clip:<id or dir>``; options: ``templates`` (a file, one template per line), ``device``, ``batch_size``."""
+def build_clip_zeroshot(arg: str, taxonomy: str | Taxonomy = "default", cache_dir: str | Path | None = None,
+                        **options: Any) -> ClipZeroShot:
+    """``zeroshot:clip:<id or dir>``; options: ``templates`` (a file, one template per line), ``device``, ``batch_size``.
+
+    ``cache_dir`` is unused (the class weights are computed at load).
+    """
     kwargs: dict[str, Any] = {}
     if "templates" in options:
-        from pathlib import Path
-
         lines = Path(options.pop("templates")).read_text().splitlines()
         kwargs["templates"] = [line.strip() for line in lines if line.strip() and not line.startswith("#")]
     if "device" in options:

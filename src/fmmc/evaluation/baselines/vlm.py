@@ -139,11 +139,19 @@ class VLMZeroShot:
 
 def build_vlm_zeroshot(arg: str, taxonomy: str | Taxonomy = "default", cache_dir: str | Path | None = None,
                        **options: Any) -> VLMZeroShot:
-    """``zeroshot:vlm:openai:<model>``; options: base_url, marking, workers, max_tokens, timeout, max_retries."""
-    provider, _, model = arg.partition(":")
-    if provider != "openai":
+    """``zeroshot:vlm:<llm spec>``, the chat model an ``llm`` registry spec names (``openai:<model>``, any
+    OpenAI-compatible endpoint with image input); options: base_url, marking, workers, max_tokens, timeout,
+    max_retries, backoff, max_side, device (ignored: the model runs behind the endpoint)."""
+    from fmmc.core.registry import registry
+
+    try:
+        entry, model = registry("llm").parse(arg)
+    except ValueError:
+        entry, model = None, ""
+    if entry is None or entry.prefix != "openai":
         raise ValueError(f"zeroshot:vlm:{arg}: the only VLM provider is 'openai' (any OpenAI-compatible endpoint: "
                          "OpenAI, vLLM, Ollama, LM Studio), e.g. zeroshot:vlm:openai:gpt-4o")
+    options.pop("device", None)
     kwargs: dict[str, Any] = {}
     casts = {"base_url": str, "marking": str, "workers": int, "max_tokens": int, "timeout": float,
              "max_retries": int, "backoff": float, "max_side": int}

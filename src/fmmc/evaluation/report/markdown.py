@@ -118,6 +118,9 @@ def _reason(row: dict[str, Any]) -> str:
 
 
 def _plain(obj: Any) -> Any:
-    from fmmc.core.io import _clean
+    """JSON-safe plain data (what metrics.json holds), for the YAML dump."""
+    import json
 
-    return _clean(obj)
+    from fmmc.core.io import dumps
+
+    return json.loads(dumps(obj))
