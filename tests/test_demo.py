@@ -18,7 +18,7 @@ from PIL import Image
 from fmmc.cli.main import main
 from fmmc.data.dataset import load_dataset
 from fmmc.demo import sources as sources_mod
-from fmmc.demo.pipeline import FALLBACK_NOTE, choose_sources
+from fmmc.demo.pipeline import FALLBACK_NOTE, check_hub_weights, check_requirements, choose_sources
 from fmmc.demo.scenes import SceneConfig, assign_splits, blob_mask, build_dataset, compose, random_view
 from fmmc.demo.sources import Source, SourceImages, fetch_wheels, load_catalog
 from fmmc.taxonomy import load_taxonomy
@@ -34,6 +34,17 @@ GIVEAWAYS = {"wood": ["wood", "timber"], "metal": ["metal", "steel", "iron", "al
 
 def _src(i: int, label: str) -> Source:
     return Source(id=f"p/{label}{i}", package="skimage", file="grass", label=label, descriptions=("d",), licence="CC0")
+
+
+def test_model_specs_are_read_by_the_registry(tmp_path):
+    """The demo's checks parse specs with the registry: builtin:/hf: prefixes, local hf: dirs, unknown specs."""
+    check_requirements({"backbone": "builtin:efficientnet-lite0", "text_encoder": "builtin:minilm"})
+    # builtin weights and a local hf: folder need no hub; nothing is fetched
+    check_hub_weights({"backbone": "builtin:efficientnet-lite0", "text-encoder": f"hf:{tmp_path}"}, timeout=0.1)
+    with pytest.raises(ValueError, match=r"(?s)unknown backbone spec 'hff:x/y'.*hf:facebook/dinov2-base"):
+        check_hub_weights({"backbone": "hff:x/y"})
+    with pytest.raises(ValueError, match="unknown text-encoder spec"):
+        check_requirements({"backbone": "builtin:efficientnet-lite0", "text_encoder": "sentence:x/y"})
 
 
 def test_catalogue_is_valid_and_descriptions_do_not_name_the_class():

@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from fmmc.data.masks import mask_outline as outline
 from fmmc.language.marking import (
     DEFAULT_PROMPT,
     OUTLINE_RGB,
     clean_description,
     crop_box,
     mark_region,
-    outline,
     prompt_version,
     region_prompt,
 )

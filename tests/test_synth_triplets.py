@@ -194,3 +194,33 @@ def test_propose_skips_unclean_names():
     reply = json.dumps({"objects": [{"object": "Vase!!", "submaterial": "clay"}, {"name": "bowl", "adjective": "raku"}]})
     out = propose_triplets(FakeLLM([reply]), TAX, ["ceramic"], [], {"ceramic": "ceramic"}, n=2)
     assert [(t["object"], t["submaterial"], t["source"]) for t in out] == [("bowl", "raku", "llm")]
+
+
+def test_llm_spec_is_resolved_by_the_registry(tmp_path, monkeypatch):
+    from fmmc.language.openai_client import OpenAIChatClient
+    from fmmc.synth.llm_triplets import make_llm_client
+
+    assert make_llm_client("none") is None
+    client = make_llm_client("openai:tiny-chat", base_url="http://127.0.0.1:9/v1")
+    assert isinstance(client, OpenAIChatClient) and client.model == "tiny-chat" and client.spec == "openai:tiny-chat"
+    with pytest.raises(ValueError, match=r"(?s)triplets.llm='bogus/x': unknown llm spec.*openai:gpt-4o-mini"):
+        make_llm_client("bogus/x")
+    with pytest.raises(ValueError, match="'openai:' needs a model name"):
+        make_llm_client("openai:")
+    # your own client by 'package.module:factory', built with the configured base URL
+    (tmp_path / "my_llms.py").write_text(
+        "import json\n"
+        "class Canned:\n"
+        "    def __init__(self, base_url):\n"
+        "        self.base_url = base_url\n"
+        "    def chat(self, messages, **_):\n"
+        "        if 'List' in messages[-1]['content']:\n"
+        "            return json.dumps([{'object': 'drinking straw', 'submaterial': 'reed'}])\n"
+        "        return json.dumps([{'i': 0, 'plausible': True}])\n"
+        "def make(base_url=None):\n"
+        "    return Canned(base_url)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    cfg = TripletsConfig(per_class=0, llm="my_llms:make", llm_base_url="http://x/v1", llm_propose_per_class=1)
+    res = make_triplets(cfg, TAX, ["wicker"], seed=0)
+    got = [r for r in res.records if r["source"] == "llm"]
+    assert [(r["object"], r["submaterial"], r.get("judged")) for r in got] == [("drinking straw", "reed", True)]

@@ -15,7 +15,6 @@ from pathlib import Path
 from fmmc.core.paths import IMAGE_EXTS
 
 
-
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("predict", help="classify the material of a region, an image, a folder or a dataset")
     p.add_argument("model", help="model directory (from `fmmc train`) or hub id")

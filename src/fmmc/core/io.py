@@ -18,37 +18,54 @@ import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 
-def _clean(obj: Any) -> Any:
+def clean_json(obj: Any) -> Any:
+    """``obj`` with NaN/inf floats as None (recursively), so it serialises as valid JSON."""
     if isinstance(obj, float):
         return obj if math.isfinite(obj) else None
     if isinstance(obj, dict):
-        return {str(k): _clean(v) for k, v in obj.items()}
+        return {str(k): clean_json(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_clean(v) for v in obj]
+        return [clean_json(v) for v in obj]
     if hasattr(obj, "item") and callable(obj.item):  # numpy scalars
-        return _clean(obj.item())
+        return clean_json(obj.item())
     if isinstance(obj, Path):
         return str(obj)
     return obj
 
 
 def dumps(obj: Any, indent: int | None = 1) -> str:
-    return json.dumps(_clean(obj), indent=indent, ensure_ascii=False)
+    return json.dumps(clean_json(obj), indent=indent, ensure_ascii=False)
 
 
-def write_text_atomic(path: str | Path, text: str) -> Path:
+@contextlib.contextmanager
+def atomic_file(path: str | Path, binary: bool = False) -> Iterator[IO[Any]]:
+    """Write ``path`` through a temp file next to it: flushed, fsynced and renamed into place on success,
+    removed on error, so readers see the old file or the new one, never half of one.
+
+        >>> with atomic_file(tmp_path / "out.jsonl") as f:      # doctest: +SKIP
+        ...     f.write("{}\n")
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
-    with open(tmp, "w", encoding="utf-8") as f:
+    try:
+        with open(tmp, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8"})) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_text_atomic(path: str | Path, text: str) -> Path:
+    with atomic_file(path) as f:
         f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    return path
+    return Path(path)
 
 
 def write_json_atomic(path: str | Path, obj: Any) -> Path:

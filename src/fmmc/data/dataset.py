@@ -11,7 +11,6 @@ Only ``file_name`` is required. Unknown keys are kept in ``Region.extra``.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -99,13 +98,11 @@ def write_dataset(root: str | Path, regions: Iterable[Region]) -> Path:
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     path = root / METADATA
-    tmp = path.with_suffix(".jsonl.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
+    from fmmc.core.io import atomic_file
+
+    with atomic_file(path) as f:
         for r in regions:
             f.write(json.dumps(r.to_json(root), ensure_ascii=False) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
     return path
 
 

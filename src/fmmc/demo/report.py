@@ -17,6 +17,9 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
+from fmmc.data.masks import mask_outline
+from fmmc.data.regions import resolve_region
+
 STREAM_NAMES = {"both": "two-stream (vision + language)", "vision": "vision only", "language": "language only"}
 
 
@@ -28,9 +31,10 @@ def scene_mosaic(items: Sequence[tuple[Path, Path, str]], path: str | Path, cols
     sheet = Image.new("RGB", (cols * tile, rows * (tile + cap)), "white")
     draw = ImageDraw.Draw(sheet)
     for k, (img_path, mask_path, caption) in enumerate(items):
-        img = Image.open(img_path).convert("RGB").resize((tile, tile))
-        mask = np.asarray(Image.open(mask_path).convert("L").resize((tile, tile), Image.NEAREST)) > 0
-        edge = (mask ^ np.roll(mask, 1, 0)) | (mask ^ np.roll(mask, 1, 1))
+        full, full_mask = resolve_region(img_path, mask_path)  # the one region rule, as the model saw it
+        img = full.resize((tile, tile))
+        mask = np.asarray(Image.fromarray(full_mask).resize((tile, tile), Image.NEAREST))
+        edge = mask_outline(mask, 2)
         arr = np.asarray(img).copy()
         arr[edge] = (255, 0, 0)
         x, y = (k % cols) * tile, (k // cols) * (tile + cap)

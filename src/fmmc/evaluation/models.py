@@ -15,6 +15,7 @@ for CLIP; ``base_url=``, ``workers=``, ``marking=`` for the VLM; ``taxonomy=`` f
 
 from __future__ import annotations
 
+import importlib
 import logging
 from pathlib import Path
 from typing import Any, Protocol
@@ -64,10 +65,18 @@ def _zeroshot(spec: str, cache_dir: str | Path | None, device: str) -> Any:
     body, _, query = spec.partition("?")
     options = dict(parse_qsl(query, keep_blank_values=True)) if query else {}
     baseline = body[len("zeroshot:"):]
+    known = ", ".join(f"zeroshot:{ex}" for ex, _ in registry("baseline").specs())
     try:
-        registry("baseline").parse(baseline)
+        entry, _ = registry("baseline").parse(baseline)
     except ValueError as e:
         raise ValueError(f"unknown zero-shot baseline {spec!r}; use {ZEROSHOT_HELP}. {e}") from e
+    if entry is None:  # your own 'package.module:factory': it must at least import
+        module = baseline.partition(":")[0]
+        try:
+            importlib.import_module(module)
+        except ImportError as e:
+            raise ValueError(f"unknown zero-shot baseline {spec!r}: not a built-in ({known}) and {module!r} does not "
+                             f"import as your own package.module:factory ({e})") from e
     if cache_dir is None:
         from fmmc.vision.cache import default_cache_dir
 

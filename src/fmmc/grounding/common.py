@@ -94,11 +94,10 @@ def nms(detections: Sequence[Detection], iou_threshold: float) -> list[Detection
 
 
 def mask_to_box(mask: np.ndarray) -> Box | None:
-    ys = np.flatnonzero(mask.any(axis=1))
-    xs = np.flatnonzero(mask.any(axis=0))
-    if len(xs) == 0:
-        return None
-    return (float(xs[0]), float(ys[0]), float(xs[-1] + 1), float(ys[-1] + 1))
+    from fmmc.data.masks import mask_bbox
+
+    box = mask_bbox(mask)
+    return None if box is None else tuple(float(v) for v in box)  # type: ignore[return-value]
 
 
 def mask_iou(a: np.ndarray, b: np.ndarray) -> float:

@@ -147,10 +147,10 @@ def rectangle(box: Sequence[float], size: tuple[int, int]) -> np.ndarray:
 
 def mask_summary(mask: np.ndarray) -> dict[str, Any]:
     """``{"bbox": [x0, y0, x1, y1], "area": pixels}`` of a bool mask (bbox right/bottom exclusive)."""
-    ys = np.flatnonzero(mask.any(axis=1))
-    xs = np.flatnonzero(mask.any(axis=0))
-    bbox = [int(xs[0]), int(ys[0]), int(xs[-1]) + 1, int(ys[-1]) + 1] if len(xs) else None
-    return {"bbox": bbox, "area": int(mask.sum())}
+    from fmmc.data.masks import mask_bbox
+
+    box = mask_bbox(mask)
+    return {"bbox": list(box) if box is not None else None, "area": int(mask.sum())}
 
 
 def mask_rle(mask: np.ndarray) -> dict[str, Any]:

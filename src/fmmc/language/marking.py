@@ -18,6 +18,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from fmmc.data.masks import mask_bbox, mask_outline
+
 MARKINGS = ("contour", "contour+crop", "crop")
 OUTLINE_RGB = (255, 0, 0)
 
@@ -36,22 +38,6 @@ REGION_PHRASES = {
 }
 
 
-def _box_filter_count(mask: np.ndarray, r: int) -> np.ndarray:
-    """Number of True pixels in the (2r+1)^2 window around each pixel (zero padding), via an integral image."""
-    h, w = mask.shape
-    padded = np.pad(mask.astype(np.int32), r + 1)
-    ii = padded.cumsum(0).cumsum(1)
-    k = 2 * r + 1
-    return ii[k:k + h, k:k + w] - ii[0:h, k:k + w] - ii[k:k + h, 0:w] + ii[0:h, 0:w]
-
-
-def outline(mask: np.ndarray, width: int) -> np.ndarray:
-    """A bool band about ``width`` pixels wide along the mask's boundary (half inside, half outside)."""
-    r = max(1, width // 2)
-    count = _box_filter_count(mask, r)
-    return (count > 0) & (count < (2 * r + 1) ** 2)
-
-
 def resize_max(img: Image.Image, max_side: int | None) -> Image.Image:
     if max_side is None or max(img.size) <= max_side:
         return img
@@ -61,10 +47,10 @@ def resize_max(img: Image.Image, max_side: int | None) -> Image.Image:
 
 def crop_box(mask: np.ndarray, pad: float = 0.1, min_pad: int = 8) -> tuple[int, int, int, int]:
     """The mask's bounding box ``(x0, y0, x1, y1)``, padded by ``pad`` of its size (at least ``min_pad`` px)."""
-    ys, xs = np.nonzero(mask)
-    if len(xs) == 0:
+    box = mask_bbox(mask)
+    if box is None:
         raise ValueError("mask is empty")
-    x0, x1, y0, y1 = int(xs.min()), int(xs.max()) + 1, int(ys.min()), int(ys.max()) + 1
+    x0, y0, x1, y1 = box
     px = max(min_pad, round((x1 - x0) * pad))
     py = max(min_pad, round((y1 - y0) * pad))
     h, w = mask.shape
@@ -107,7 +93,7 @@ def mark_region(
                 small_mask[int(ys.mean() * small.height / image.height), int(xs.mean() * small.width / image.width)] = True
         width = line_width or max(4, round(0.006 * max(small.size)))
         arr = np.array(small)
-        arr[outline(small_mask, width)] = OUTLINE_RGB
+        arr[mask_outline(small_mask, width)] = OUTLINE_RGB
         out.append(Image.fromarray(arr))
     if marking in ("contour+crop", "crop"):
         crop = image.crop(crop_box(mask))

@@ -16,8 +16,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import yaml
-from PIL import Image, ImageDraw, ImageFilter
+from PIL import Image, ImageDraw
 
+from fmmc.data.masks import mask_outline
 from fmmc.data.records import Region
 from fmmc.data.regions import load_region
 from fmmc.taxonomy import Taxonomy
@@ -37,7 +38,7 @@ def thumbnail(region: Region, size: int, color: tuple[int, int, int]) -> Image.I
     if region.mask is not None and region_mask is not None:
         mask = Image.fromarray(region_mask.astype(np.uint8) * 255)
         mask = mask.resize((w, h), Image.Resampling.NEAREST)
-        edge = np.asarray(mask.filter(ImageFilter.MaxFilter(3))) != np.asarray(mask.filter(ImageFilter.MinFilter(3)))
+        edge = mask_outline(np.asarray(mask) > 0, 3)
         arr = np.asarray(small).copy()
         arr[edge] = color
         small = Image.fromarray(arr)

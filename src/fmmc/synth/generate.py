@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import inspect
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +31,7 @@ from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
 from fmmc.core.device import resolve_device
+from fmmc.core.io import atomic_file
 from fmmc.synth.config import GenerateConfig
 
 log = logging.getLogger(__name__)
@@ -89,12 +89,8 @@ def save_png_atomic(image: Image.Image, path: Path, text: dict[str, str] | None 
     info = PngInfo()
     for k, v in (text or {}).items():
         info.add_text(k, str(v))
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
+    with atomic_file(path, binary=True) as f:
         image.save(f, format="PNG", pnginfo=info)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def image_relpath(item: dict[str, Any]) -> str:

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -43,6 +42,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from fmmc.core.io import atomic_file
 from fmmc.data.imageio import ImageError, load_image
 from fmmc.grounding.common import Detection, MaskResult, box_overlap_min
 
@@ -174,10 +174,8 @@ def write_mask(mask: np.ndarray, path: Path) -> None:
     mask = np.asarray(mask, dtype=bool)
     if mask.ndim != 2:
         raise ValueError(f"mask for {path} must be a 2-D [H, W] array, got shape {mask.shape}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    Image.fromarray(np.where(mask, 255, 0).astype(np.uint8), mode="L").save(tmp, format="PNG")
-    os.replace(tmp, path)
+    with atomic_file(path, binary=True) as f:
+        Image.fromarray(np.where(mask, 255, 0).astype(np.uint8), mode="L").save(f, format="PNG")
 
 
 # ---- the labeller ------------------------------------------------------------------------------------

@@ -50,8 +50,8 @@ def make_llm_client(spec: str, base_url: str | None = None) -> Any:
 
     try:
         return build("llm", spec, base_url=base_url)
-    except ValueError as e:
-        raise ValueError(f"triplets.llm={spec!r}: {e}") from e
+    except (ValueError, ImportError) as e:
+        raise type(e)(f"triplets.llm={spec!r}: {e}") from e
 
 
 def build_no_llm(arg: str = "", **_: Any) -> None:

@@ -26,10 +26,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFilter
+from PIL import Image, ImageDraw
 
 from fmmc.data.dataset import load_dataset
 from fmmc.data.imageio import load_image
+from fmmc.data.masks import mask_outline
 from fmmc.data.records import Region
 from fmmc.data.regions import as_mask, region_threshold
 
@@ -225,8 +226,7 @@ def render_region(region: Region, overlay: bool = True, max_side: int = DISPLAY_
 def _outline(image: Image.Image, mask: Image.Image) -> Image.Image:
     width = max(3, round(max(image.size) / 256)) | 1  # odd filter size, ~3 px at 768
     inside = np.asarray(mask) > 0
-    edge = np.asarray(mask.filter(ImageFilter.MaxFilter(width))) > 0
-    edge &= ~(np.asarray(mask.filter(ImageFilter.MinFilter(width))) > 0)
+    edge = mask_outline(inside, width)
     rgb = np.asarray(image, dtype=np.float32).copy()
     rgb[~inside] *= 0.4  # darken what is not labelled, keep the region's own pixels untouched
     rgb[edge] = OUTLINE_RGB

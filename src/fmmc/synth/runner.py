@@ -38,6 +38,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fmmc.core.io import write_text_atomic
+
 log = logging.getLogger(__name__)
 
 Item = dict[str, Any]
@@ -187,9 +189,7 @@ def check_fingerprint(stage_dir: Path, stage: str, settings: dict[str, Any] | No
         if old is not None:
             return
     stage_dir.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps({"stage": stage, "settings": settings}, indent=1, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps({"stage": stage, "settings": settings}, indent=1, sort_keys=True) + "\n")
 
 
 # -------------------------------------------------------------------------------------------- the runner

@@ -84,9 +84,12 @@ def _nearest_index(n_out: int, n_in: int) -> np.ndarray:
 
 
 def _bbox(mask: np.ndarray) -> tuple[int, int, int, int]:
-    ys = np.flatnonzero(mask.any(axis=1))
-    xs = np.flatnonzero(mask.any(axis=0))
-    return int(xs[0]), int(ys[0]), int(xs[-1]) + 1, int(ys[-1]) + 1
+    from fmmc.data.masks import mask_bbox
+
+    box = mask_bbox(mask)
+    if box is None:
+        raise ValueError("empty map region")
+    return box
 
 
 # ----- sam mode -----------------------------------------------------------------------------------------------
