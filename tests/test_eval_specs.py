@@ -19,8 +19,9 @@ from PIL import Image
 from fmmc.cli.main import main
 from fmmc.core.registry import registry
 from fmmc.data.dataset import DatasetError
+from fmmc.data.imageio import image_size
 from fmmc.data.readers.dms import dms_pairs
-from fmmc.data.readers.spec import image_size, load_test_set, parse_data_spec
+from fmmc.data.readers.spec import load_test_set, parse_data_spec
 from fmmc.evaluation.models import load_eval_model
 from fmmc.model.maps import evaluate_maps, load_dms_pairs
 from fmmc.model.maps.evaluate import source_lut
@@ -196,7 +197,7 @@ def test_values_outside_the_taxonomy_are_rejected_by_both(tmp_path: Path):
     assert report["images"] == 1 and "outside the DMS taxonomy" in report["failures"][0][1]
 
 
-def test_image_size_is_upright(tmp_path: Path):
+def test_readers_take_image_sizes_upright(tmp_path: Path):
     img = Image.new("RGB", (30, 20))
     exif = img.getexif()
     exif[0x0112] = 6  # rotated 90 degrees: shown 20 wide, 30 high

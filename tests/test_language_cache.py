@@ -14,8 +14,8 @@ from PIL import Image
 
 from fmmc.core.registry import build
 from fmmc.data.records import Region
-from fmmc.language.cache import DescriptionCache, region_keys
 from fmmc.data.regions import load_region
+from fmmc.language.cache import DescriptionCache, region_keys
 from fmmc.language.describers import Describer, describe_regions
 
 

@@ -29,7 +29,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="non-binary masks (JPEG, anti-aliased): pixels >= T are the region (default 128; "
                         "binary masks: every non-zero pixel). Also applies to a folder's or dataset's masks")
     p.add_argument("--description", help="appearance description for the language stream (else the describer's)")
-    p.add_argument("--classes", help="comma-separated subset of the taxonomy to choose from")
+    p.add_argument("--classes", help="comma-separated class names to choose from, or 'all' for the whole taxonomy "
+                                     "(default: the classes the model was trained on)")
     p.add_argument("--top-k", type=int, default=5)
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--out", help="output file for folders/datasets (.jsonl or .csv); default stdout JSONL")
@@ -53,11 +54,11 @@ def _floats(text: str, n: int, name: str) -> tuple[float, ...]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from fmmc.model.classifier import MaterialClassifier
+    from fmmc.model.classifier import MaterialClassifier, parse_classes
 
     overrides = {k: getattr(args, k) for k in ("segmenter", "grounder") if getattr(args, k, None)}
     model = MaterialClassifier.from_pretrained(args.model, **overrides)
-    classes = [c.strip() for c in args.classes.split(",")] if args.classes else None
+    classes = parse_classes(args.classes)
     src = Path(args.input)
     if src.is_dir():
         return _batch(model, src, classes, args)

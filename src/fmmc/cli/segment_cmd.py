@@ -16,7 +16,7 @@ import json
 import sys
 from pathlib import Path
 
-IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
+from fmmc.core.paths import IMAGE_EXTS
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -30,7 +30,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--pred-iou-thresh", type=float, default=0.86, help="SAM mask quality filter (sam mode)")
     p.add_argument("--stability-thresh", type=float, default=0.9, help="SAM mask stability filter (sam mode)")
     p.add_argument("--max-regions", type=int, default=64, help="keep the largest N SAM regions")
-    p.add_argument("--classes", help="comma-separated subset of the taxonomy to choose from")
+    p.add_argument("--classes", help="comma-separated class names to choose from, or 'all' for the whole taxonomy "
+                                     "(default: the classes the model was trained on)")
     p.add_argument("--description", help="language-stream text for every region (two-stream models)")
     p.add_argument("--top-k", type=int, default=5)
     p.add_argument("--segmenter", help="segmenter spec (default: the model's, else hf:facebook/sam-vit-base)")
@@ -45,11 +46,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from fmmc.model.classifier import MaterialClassifier
+    from fmmc.model.classifier import MaterialClassifier, parse_classes
 
     overrides = {"segmenter": args.segmenter} if args.segmenter else {}
     model = MaterialClassifier.from_pretrained(args.model, **overrides)
-    classes = [c.strip() for c in args.classes.split(",")] if args.classes else None
+    classes = parse_classes(args.classes)
     opts = {"classes": classes, "description": args.description}
     if args.mode == "sam":
         opts.update(points_per_side=args.points_per_side, pred_iou_thresh=args.pred_iou_thresh,

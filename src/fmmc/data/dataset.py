@@ -5,16 +5,22 @@ Compatible with Hugging Face ``imagefolder`` (``file_name`` is relative to the f
     {"file_name": "images/0001.jpg", "label": "ceramic", "mask_file_name": "masks/0001.png",
      "description": "glossy white porcelain", "split": "train", "prompt": "..."}
 
-Only ``file_name`` is required. Unknown keys are kept in ``Region.extra``.
+Only ``file_name`` is required. Unknown keys are kept in ``Region.extra``. ``split`` is normalised when a
+line is read (``" Test"`` -> ``test``, ``validation``/``valid``/``dev`` -> ``val``); any other value is an
+error. ``group`` (kept in ``extra``) ties regions that must stay on one side of the automatic validation
+split (several photos of one object); regions of one image always stay together (:func:`split_regions`).
 """
 
 from __future__ import annotations
 
 import json
+import os
+import random
+from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
 
-from fmmc.data.records import KNOWN_KEYS, Region
+from fmmc.data.records import KNOWN_KEYS, SPLITS, Region, normalize_split, split_error
 
 METADATA = "metadata.jsonl"
 
@@ -47,16 +53,30 @@ def parse_line(obj: object, root: Path, where: str) -> Region:
     for key in ("label", "description", "split", "id"):
         if obj.get(key) is not None and not isinstance(obj[key], str):
             raise DatasetError(f"{where}: {key!r} must be a string")
+    group = obj.get("group")
+    if group is not None and (isinstance(group, bool) or not isinstance(group, (str, int))):
+        raise DatasetError(f"{where}: 'group' must be a string or an integer (regions of one group stay on one "
+                           f"side of the validation split), got {group!r}")
     return Region(
         image=root / fn,
         mask=(root / mask) if mask else None,
         label=obj.get("label"),
         description=obj.get("description"),
-        split=obj.get("split"),
+        split=_split_of(obj.get("split"), where),
         id=obj.get("id") or (f"{fn}:{mask}" if mask else fn),
         box=box,
         extra={k: v for k, v in obj.items() if k not in KNOWN_KEYS},
     )
+
+
+def _split_of(value: str | None, where: str) -> str | None:
+    """A line's ``split``, normalised (see :func:`fmmc.data.records.normalize_split`); a typo is an error."""
+    if value is None:
+        return None
+    split = normalize_split(value)
+    if split is None:
+        raise DatasetError(f"{where}: {split_error(value)}")
+    return split
 
 
 def iter_lines(root: str | Path) -> Iterable[tuple[int, str]]:
@@ -73,8 +93,10 @@ def iter_lines(root: str | Path) -> Iterable[tuple[int, str]]:
 
 
 def load_dataset(root: str | Path, split: str | None = None) -> list[Region]:
-    """All regions of the dataset at ``root`` (optionally one split); the first bad line raises DatasetError."""
+    """All regions of the dataset at ``root`` (optionally one split: train, val or test, normalised as the
+    lines' are); the first bad line raises DatasetError."""
     path = metadata_path(root)
+    split = _wanted_split(path, split)
     base = path.parent
     regions = []
     seen: dict[str, int] = {}
@@ -93,6 +115,15 @@ def load_dataset(root: str | Path, split: str | None = None) -> list[Region]:
     return regions
 
 
+def _wanted_split(path: Path, split: str | None) -> str | None:
+    if split is None:
+        return None
+    wanted = normalize_split(split)
+    if wanted is None:
+        raise DatasetError(f"{path}: no split {split!r}: ask for one of {', '.join(SPLITS)} (or none, for all)")
+    return wanted
+
+
 def write_dataset(root: str | Path, regions: Iterable[Region]) -> Path:
     """Write ``metadata.jsonl`` atomically (temp file + rename), paths relative to ``root``."""
     root = Path(root)
@@ -106,21 +137,71 @@ def write_dataset(root: str | Path, regions: Iterable[Region]) -> Path:
     return path
 
 
-def split_regions(regions: list[Region], val_fraction: float, seed: int) -> tuple[list[Region], list[Region]]:
-    """Stratified train/val split for regions without a ``split`` field (per label, seeded)."""
-    import random
+def group_regions(regions: list[Region]) -> list[list[Region]]:
+    """Regions that must stay on one side of a split: those of one image and those of one ``group``, joined
+    transitively. Deterministic: each group sorted by id, groups by their first id."""
+    parent: dict[str, str] = {}
 
+    def find(key: str) -> str:
+        parent.setdefault(key, key)
+        while parent[key] != key:
+            parent[key] = parent[parent[key]]
+            key = parent[key]
+        return key
+
+    keys = [_group_keys(r) for r in regions]
+    for ks in keys:
+        root = find(ks[0])
+        for k in ks[1:]:
+            parent[find(k)] = root
+    groups: dict[str, list[Region]] = {}
+    for r, ks in zip(regions, keys):
+        groups.setdefault(find(ks[0]), []).append(r)
+    return sorted((sorted(g, key=lambda r: r.id) for g in groups.values()), key=lambda g: g[0].id)
+
+
+def _group_keys(region: Region) -> list[str]:
+    keys = ["image:" + os.path.normpath(str(region.image))]
+    if region.extra.get("group") is not None:
+        keys.append(f"group:{region.extra['group']}")
+    return keys
+
+
+def _main_label(group: list[Region]) -> str | None:
+    counts = Counter(r.label for r in group)
+    return min(counts, key=lambda lab: (-counts[lab], str(lab)))
+
+
+def split_regions(regions: list[Region], val_fraction: float, seed: int) -> tuple[list[Region], list[Region]]:
+    """Seeded train/val split for regions without a ``split`` field: whole groups (:func:`group_regions`: one
+    image, one ``group``) at a time, stratified by label (a group counts for its most frequent label)."""
     rng = random.Random(seed)
-    by_label: dict[str | None, list[Region]] = {}
-    for r in regions:
-        by_label.setdefault(r.label, []).append(r)
+    by_label: dict[str | None, list[list[Region]]] = {}
+    for group in group_regions(regions):
+        by_label.setdefault(_main_label(group), []).append(group)
     train, val = [], []
     for label in sorted(by_label, key=str):
-        items = sorted(by_label[label], key=lambda r: r.id)
-        rng.shuffle(items)
-        n_val = int(round(len(items) * val_fraction)) if len(items) > 1 else 0
-        if val_fraction > 0 and len(items) >= 3:
-            n_val = max(1, n_val)
-        val.extend(items[:n_val])
-        train.extend(items[n_val:])
+        groups = by_label[label]
+        rng.shuffle(groups)
+        to_val = _val_groups([len(g) for g in groups], val_fraction)
+        for k, group in enumerate(groups):
+            (val if k in to_val else train).extend(group)
     return train, val
+
+
+def _val_groups(sizes: list[int], val_fraction: float) -> set[int]:
+    """Which groups (in order) go to val: about ``val_fraction`` of the regions, at least one region when
+    there are 3 or more, never every group."""
+    n = sum(sizes)
+    target = int(round(n * val_fraction)) if n > 1 else 0
+    if val_fraction > 0 and n >= 3:
+        target = max(1, target)
+    chosen: set[int] = set()
+    n_val = 0
+    for k, size in enumerate(sizes):
+        if n_val >= target or len(chosen) == len(sizes) - 1:
+            break
+        if n_val == 0 or n_val + size <= target:
+            chosen.add(k)
+            n_val += size
+    return chosen

@@ -9,6 +9,24 @@ from typing import Any
 # metadata.jsonl keys with a meaning; all others are kept in ``extra``.
 KNOWN_KEYS = ("file_name", "label", "mask_file_name", "description", "split", "id", "box")
 
+SPLITS = ("train", "val", "test")  # the only split values, after normalize_split
+SPLIT_ALIASES = {"validation": "val", "valid": "val", "dev": "val"}
+
+
+def normalize_split(value: str) -> str | None:
+    """``value`` as one of :data:`SPLITS` (case and surrounding spaces ignored, aliases such as
+    ``validation`` mapped to ``val``), or None when it is none of them."""
+    v = value.strip().lower()
+    v = SPLIT_ALIASES.get(v, v)
+    return v if v in SPLITS else None
+
+
+def split_error(value: object) -> str:
+    """Why ``value`` is not a split, and how to fix it (the message of every split error)."""
+    return (f"split {value!r} is not a split: use one of {', '.join(SPLITS)} (case and spaces are ignored; "
+            f"{', '.join(SPLIT_ALIASES)} mean val), or leave 'split' out to let `fmmc train` choose a "
+            "validation split")
+
 
 @dataclass
 class Region:

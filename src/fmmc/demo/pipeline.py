@@ -98,7 +98,9 @@ def load_profile(name: str) -> dict[str, Any]:
 def demo_cache_dir(cache_dir: str | Path | None) -> Path:
     if cache_dir:
         return Path(cache_dir).expanduser()
-    return Path(os.environ.get("FMMC_CACHE", Path.home() / ".cache" / "fmmc")).expanduser() / "demo"
+    from fmmc.core.paths import cache_root
+
+    return cache_root() / "demo"
 
 
 def resolve_models(cfg: DemoConfig, profile: dict[str, Any]) -> dict[str, str]:

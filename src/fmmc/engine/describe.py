@@ -70,13 +70,13 @@ def describe_with_engine(regions: list[Region], describer: str, engine: Engine, 
                          num_cpus: float | None = None, progress: bool | str = True,
                          info_path: str | Path | None = None) -> DescribeReport:
     """Fill the description cache (``<cache_dir>/descriptions.sqlite``) for ``regions``; cached ones are skipped."""
+    from fmmc.core.paths import cache_root
     from fmmc.core.registry import build
     from fmmc.language.cache import DescriptionCache, region_keys
-    from fmmc.vision.cache import default_cache_dir
 
     probe = build("describer", describer)  # spec + prompt version for the cache key; cheap for API describers
     spec, version = getattr(probe, "spec", describer), probe.prompt_version
-    root = Path(cache_dir).expanduser() if cache_dir else default_cache_dir().parent
+    root = Path(cache_dir).expanduser() if cache_dir else cache_root()
     root.mkdir(parents=True, exist_ok=True)
     cache = DescriptionCache(root / "descriptions.sqlite")
     failures: list[Failure] = []

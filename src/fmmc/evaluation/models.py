@@ -78,9 +78,9 @@ def _zeroshot(spec: str, cache_dir: str | Path | None, device: str) -> Any:
             raise ValueError(f"unknown zero-shot baseline {spec!r}: not a built-in ({known}) and {module!r} does not "
                              f"import as your own package.module:factory ({e})") from e
     if cache_dir is None:
-        from fmmc.vision.cache import default_cache_dir
+        from fmmc.core.paths import cache_root
 
-        cache_dir = default_cache_dir().parent
+        cache_dir = cache_root()
     options.setdefault("device", device)
     model = build("baseline", baseline, taxonomy=options.pop("taxonomy", "default"), cache_dir=cache_dir, **options)
     model.spec = spec

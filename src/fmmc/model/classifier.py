@@ -6,6 +6,10 @@
     >>> pred.top(3)                                                                        # doctest: +SKIP
     [('ceramic', 0.91), ('glass', 0.04), ('plastic', 0.02)]
 
+Predictions choose among the classes the model was trained on (``config.trained_classes``; the whole
+taxonomy for models saved before fmmc recorded them): ``classes="all"`` asks for the whole taxonomy, a list
+of names for any subset of it (:meth:`MaterialClassifier.resolve_classes`).
+
 The config names every component by spec (backbone, text encoder, describer) plus preprocessing and the
 training config, so a model can be rebuilt and its results reproduced anywhere those weights load.
 """
@@ -14,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,6 +36,18 @@ from fmmc.taxonomy import Taxonomy, load_taxonomy
 log = logging.getLogger(__name__)
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
+ALL_CLASSES = "all"  # classes="all": the whole taxonomy, not only the trained classes
+Classes = list[str] | tuple[str, ...] | str | None  # None: the trained classes | "all" | names
+
+
+def parse_classes(text: str | None) -> list[str] | str | None:
+    """A ``--classes`` flag or ``classes`` form field: empty -> None (the model's trained classes), ``all`` ->
+    ``"all"`` (the whole taxonomy), ``"wood, metal"`` -> ``["wood", "metal"]``."""
+    if text is None or not text.strip():
+        return None
+    if text.strip().lower() == ALL_CLASSES:
+        return ALL_CLASSES
+    return [c.strip() for c in text.split(",") if c.strip()]
 
 
 @dataclass
@@ -72,18 +89,20 @@ class Prediction:
 @dataclass
 class RegionInput:
     """One in-memory region to classify: an RGB image, its mask (None = whole image), the language-stream
-    text (None: the model's describer writes it) and a class subset (names; None = every class)."""
+    text (None: the model's describer writes it) and the classes to choose among (names; None = the classes
+    the model was trained on; ``"all"`` = the whole taxonomy)."""
 
     image: Image.Image
     mask: np.ndarray | None = None
     description: str | None = None
-    classes: list[str] | None = None
+    classes: Classes = None
 
 
 class MaterialClassifier:
     def __init__(self, config: ModelConfig | dict[str, Any], head: MaterialHead, encoder: Any | None = None) -> None:
         self.config = config if isinstance(config, ModelConfig) else ModelConfig.from_json(config)
         self.taxonomy: Taxonomy = load_taxonomy(self.config.taxonomy)
+        self._check_trained_classes()
         self.head = head.eval()
         self._encoder = encoder
         self._backbone_state: dict[str, torch.Tensor] | None = None
@@ -92,8 +111,10 @@ class MaterialClassifier:
 
     # ----- construction -----
     @classmethod
-    def from_parts(cls, cfg: Any, taxonomy: Taxonomy, encoder: Any, head: MaterialHead) -> MaterialClassifier:
-        """A classifier from a :class:`~fmmc.train.config.TrainConfig`, its encoder and a trained head."""
+    def from_parts(cls, cfg: Any, taxonomy: Taxonomy, encoder: Any, head: MaterialHead,
+                   trained_classes: Iterable[str] | None = None) -> MaterialClassifier:
+        """A classifier from a :class:`~fmmc.train.config.TrainConfig`, its encoder and a trained head;
+        ``trained_classes``: the training regions' labels (recorded in taxonomy order; None: every class)."""
         from fmmc.data.regions import DECODE_RULE
 
         ex = encoder.extractor
@@ -106,7 +127,8 @@ class MaterialClassifier:
             text_encoder=cfg.text_encoder if encoder.text_encoder is not None else None,
             describer=cfg.describer if encoder.text_encoder is not None else None,
             head=HeadConfig(head.vision_dim, head.text_dim, len(taxonomy), head.mlp[0].out_features, head.mlp[2].p),
-            mode=cfg.mode, train=asdict(cfg))
+            mode=cfg.mode, train=asdict(cfg),
+            trained_classes=None if trained_classes is None else _in_taxonomy_order(taxonomy, trained_classes))
         return cls(config, head, encoder)
 
     def save_pretrained(self, path: str | Path, include_backbone: bool = False) -> Path:
@@ -185,14 +207,45 @@ class MaterialClassifier:
     def labels(self) -> tuple[str, ...]:
         return self.taxonomy.names
 
-    def class_indices(self, classes: list[str] | None) -> list[int] | None:
-        """Taxonomy indices of ``classes`` (None = every class); unknown names raise ValueError."""
+    @property
+    def trained_classes(self) -> tuple[str, ...]:
+        """The classes the model was trained on (the whole taxonomy for models saved before fmmc recorded them)."""
+        tc = self.config.trained_classes
+        return self.labels if tc is None else tuple(tc)
+
+    def resolve_classes(self, classes: Classes) -> list[str] | None:
+        """The names a prediction chooses among: None -> the trained classes, ``"all"`` -> None (the whole
+        taxonomy), a list -> itself (names outside the trained classes allowed: the caller's choice)."""
         if classes is None:
+            tc = self.config.trained_classes
+            return None if tc is None else list(tc)
+        if isinstance(classes, str):
+            if classes.strip().lower() == ALL_CLASSES:
+                return None
+            raise ValueError(f"classes={classes!r}: give a list of class names, 'all' (the whole taxonomy) or "
+                             "None (the classes the model was trained on)")
+        return list(classes)
+
+    def class_indices(self, classes: Classes) -> list[int] | None:
+        """Taxonomy indices of ``classes`` (see :meth:`resolve_classes`; None = every class); unknown names
+        raise ValueError."""
+        names = self.resolve_classes(classes)
+        if names is None:
             return None
-        idx = self.taxonomy.subset(classes)
+        idx = self.taxonomy.subset(names)
         if not idx:
-            raise ValueError("classes= is empty: give at least one class name")
+            raise ValueError("classes= is empty: give at least one class name, or 'all' for the whole taxonomy")
         return idx
+
+    def _check_trained_classes(self) -> None:
+        tc = self.config.trained_classes
+        if tc is None:
+            return
+        unknown = [c for c in tc if c not in self.taxonomy]
+        if unknown or not tc:
+            raise ValueError(f"model config: trained_classes {unknown or tc} are not classes of taxonomy "
+                             f"{self.taxonomy.name!r}; the config is damaged: retrain, or set trained_classes "
+                             "to null to use the whole taxonomy")
 
     # ----- the one forward: features -> calibrated probabilities -----
     def logits(self, vis: torch.Tensor | None, txt: torch.Tensor | None) -> torch.Tensor:
@@ -201,15 +254,16 @@ class MaterialClassifier:
             return self.head(vis, txt) / self.head.temperature
 
     def probabilities(self, vis: torch.Tensor | None, txt: torch.Tensor | None,
-                      classes: list[str] | None = None) -> np.ndarray:
-        """Class probabilities ``[N, K]`` of pooled features; ``classes`` restricts the answer (others 0)."""
+                      classes: Classes = None) -> np.ndarray:
+        """Class probabilities ``[N, K]`` of pooled features over the classes of ``classes`` (others 0; see
+        :meth:`resolve_classes`: None = the trained classes, ``"all"`` = the whole taxonomy)."""
         with torch.inference_mode():
             return self.head.probs(self.head(vis, txt), self.class_indices(classes)).float().cpu().numpy()
 
     def classify(self, items: list[RegionInput]) -> list[Prediction]:
         """The one path from in-memory regions to predictions (``predict``, the service and material maps
         use it). Regions of one image object share one backbone pass; each item may ask its own class
-        subset. Masks are ignored by a model trained with ``null_mask``."""
+        subset (None: the trained classes). Masks are ignored by a model trained with ``null_mask``."""
         if not items:
             return []
         masks = [None if self.config.null_mask else it.mask for it in items]
@@ -224,9 +278,10 @@ class MaterialClassifier:
         return out
 
     # ----- inference -----
-    def predict_regions(self, regions: list[Region], classes: list[str] | None = None,
+    def predict_regions(self, regions: list[Region], classes: Classes = None,
                         progress: bool = True) -> tuple[list[Prediction | None], list[tuple[str, str]]]:
-        """Predictions aligned with ``regions`` (None where a region failed), and the failures."""
+        """Predictions aligned with ``regions`` (None where a region failed), and the failures. ``classes``:
+        None = the trained classes, ``"all"`` = the whole taxonomy, or a list of names."""
         if self.config.null_mask:
             from dataclasses import replace
 
@@ -240,9 +295,10 @@ class MaterialClassifier:
 
     def predict(self, image: str | Path | Image.Image | np.ndarray, mask: str | Path | np.ndarray | None = None,
                 box: tuple[float, float, float, float] | None = None, description: str | None = None,
-                classes: list[str] | None = None, mask_threshold: int | None = None, **prompts: Any) -> Prediction:
+                classes: Classes = None, mask_threshold: int | None = None, **prompts: Any) -> Prediction:
         """Classify one region of one image: ``mask`` (path or array), ``box`` (x0, y0, x1, y1), or the
-        whole image. ``classes`` restricts the answer to a subset of the taxonomy. Pixels and masks follow
+        whole image. ``classes``: the names to choose among (None: the classes the model was trained on;
+        ``"all"``: the whole taxonomy). Pixels and masks follow
         the one region rule (:mod:`fmmc.data.regions`; ``mask_threshold`` for non-binary masks).
 
         Region prompts (:mod:`fmmc.grounding.prompts`): ``point=(x, y)`` or ``object="the mug"`` ask SAM (and
@@ -278,6 +334,10 @@ class MaterialClassifier:
         from fmmc.model.maps import segment_image
 
         return segment_image(self, as_image(image), mode=mode, **kwargs)
+
+
+def _in_taxonomy_order(taxonomy: Taxonomy, names: Iterable[str]) -> list[str]:
+    return [taxonomy.names[i] for i in sorted(set(taxonomy.subset(list(names))))]
 
 
 def _download(repo_id: str) -> Path:

@@ -66,6 +66,9 @@ class ModelConfig(FeatureSpec):
     preprocess: dict[str, Any] | None = None  # the backbone's preprocessing at training time: used at load
     decode: str = "full"  # fmmc.data.regions.DECODE_RULE at training time
     mode: str = "head"
+    # the classes seen in training (taxonomy order): predictions choose among them unless told otherwise;
+    # None (models saved before fmmc recorded them): the whole taxonomy
+    trained_classes: list[str] | None = None
     train: dict[str, Any] = field(default_factory=dict)
     fmmc_version: str = ""
     backbone_weights_included: bool = False

@@ -118,6 +118,7 @@ def build_encoder(streams: str, features: FeatureSpec | None, text_encoder: str 
     torch.compile the backbone. The feature cache is keyed by :meth:`FeatureExtractor.settings`, which
     includes a fingerprint of the weights, so it is safe whatever was loaded.
     """
+    from fmmc.core.paths import cache_root
     from fmmc.core.registry import build
     from fmmc.vision.cache import FeatureCache, default_cache_dir, namespace_of
     from fmmc.vision.extractor import FeatureExtractor
@@ -145,7 +146,7 @@ def build_encoder(streams: str, features: FeatureSpec | None, text_encoder: str 
         if use_cache:
             from fmmc.language.cache import DescriptionCache
 
-            root = Path(cache_dir) if cache_dir else default_cache_dir().parent
+            root = Path(cache_dir) if cache_dir else cache_root()
             root.mkdir(parents=True, exist_ok=True)
             dcache = DescriptionCache(root / "descriptions.sqlite")
     return TwoStreamEncoder(streams, extractor, desc, tenc, dcache)

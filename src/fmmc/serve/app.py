@@ -8,7 +8,8 @@ Endpoints (multipart/form-data in, JSON out; the schema is served at ``/openapi.
 
 * ``POST /v1/classify``: ``image`` + optional ``mask`` file | ``point=x,y`` | ``box=x0,y0,x1,y1`` (``refine=true``
   asks SAM for the object in the box) | ``object=name``; ``description``, ``top_k``, ``classes``,
-  ``mask_format=none|png|rle``.
+  ``mask_format=none|png|rle``. Without ``classes`` a model answers among the classes it was trained on;
+  ``classes=all`` asks for its whole taxonomy.
 * ``POST /v1/segment``: ``image``, ``mode=sam|grid`` -> regions, overlay PNG, label map PNG.
 * ``GET /v1/model``, ``GET /healthz``, and the web page at ``/``.
 
@@ -42,6 +43,8 @@ log = logging.getLogger(__name__)
 STATIC = Path(__file__).parent / "static"
 IMAGE_TYPES = {"image/jpeg", "image/png", "image/webp", "image/bmp", "image/x-ms-bmp", "image/tiff", "image/gif"}
 GENERIC_TYPES = {"", "application/octet-stream"}  # no type given: the decoder decides
+CLASSES_HELP = ("comma-separated class names to choose from, or 'all' for the whole taxonomy "
+                "(default: the classes the model was trained on)")
 _ERRORS: dict[int | str, dict[str, Any]] = {
     s: {"model": ErrorResponse, "description": d} for s, d in {
         400: "malformed image or mask", 401: "missing or wrong bearer token", 404: "object not found",
@@ -151,14 +154,16 @@ def create_app(model_or_path: Any, settings: ServeSettings | None = None, name: 
 
     auth = [Depends(require_token)]
 
-    def class_indices(classes: str | None) -> list[int] | None:
-        if not classes:
-            return None
-        names = [c.strip() for c in classes.split(",") if c.strip()]
+    def parsed_classes(classes: str | None) -> list[str] | str | None:
+        """The ``classes`` field (None: the trained classes, ``all``, or names); unknown names: 422."""
+        from fmmc.model.classifier import parse_classes
+
+        parsed = parse_classes(classes)
         try:
-            return model.class_indices(names)
+            model.class_indices(parsed)
         except ValueError as e:
             raise ApiError(422, "invalid_request", f"classes: {e}") from e
+        return parsed
 
     # ----- classify -----
     @app.post("/v1/classify", response_model=ClassifyResponse, dependencies=auth, responses=_ERRORS,
@@ -174,7 +179,7 @@ def create_app(model_or_path: Any, settings: ServeSettings | None = None, name: 
         box_threshold: Annotated[float | None, Form(ge=0, le=1, description="grounder score threshold")] = None,
         description: Annotated[str | None, Form(max_length=2000, description="appearance text (language stream)")] = None,
         top_k: Annotated[int, Form(ge=1, le=1000)] = 5,
-        classes: Annotated[str | None, Form(description="comma-separated subset of the taxonomy")] = None,
+        classes: Annotated[str | None, Form(description=CLASSES_HELP)] = None,
         mask_format: Annotated[Literal["none", "png", "rle"], Form(description="include the mask itself")] = "none",
         mask_threshold: Annotated[int | None, Form(ge=0, le=65535, description=(
             "non-binary masks (JPEG, anti-aliased): pixels >= this are the region (default 128)"))] = None,
@@ -196,8 +201,7 @@ def create_app(model_or_path: Any, settings: ServeSettings | None = None, name: 
             prompts["text_threshold"] = settings.text_threshold
         if mask is not None and prompts:
             raise ApiError(422, "bad_prompt", "give one region: a mask file, or point/box, or object, not several")
-        class_indices(classes)  # unknown names: 422 before any work
-        names_subset = [c.strip() for c in classes.split(",") if c.strip()] if classes else None
+        names_subset = parsed_classes(classes)  # unknown names: 422 before any work
         data = await image.read()
         mask_data = await mask.read() if mask is not None else None
         image_name = image.filename or "image"
@@ -239,7 +243,7 @@ def create_app(model_or_path: Any, settings: ServeSettings | None = None, name: 
         points_per_side: Annotated[int | None, Form(ge=1, description="SAM point grid (sam mode)")] = None,
         description: Annotated[str | None, Form(max_length=2000)] = None,
         top_k: Annotated[int, Form(ge=1, le=1000)] = 5,
-        classes: Annotated[str | None, Form()] = None,
+        classes: Annotated[str | None, Form(description=CLASSES_HELP)] = None,
         legend: Annotated[bool, Form(description="draw the legend into the overlay")] = True,
         alpha: Annotated[float, Form(ge=0, le=1, description="colour opacity in the overlay")] = 0.5,
     ) -> dict[str, Any]:
@@ -251,14 +255,14 @@ def create_app(model_or_path: Any, settings: ServeSettings | None = None, name: 
         if pps > settings.max_points_per_side:
             raise ApiError(422, "invalid_request", f"points_per_side={pps} is over this server's limit of "
                                                    f"{settings.max_points_per_side}")
-        idx = class_indices(classes)
+        chosen_classes = parsed_classes(classes)
         data = await image.read()
         image_name = image.filename or "image"
         chosen = mode or settings.segment_mode
 
         def work() -> dict[str, Any]:
             img = decode_image(data, image_name, settings.max_pixels)
-            mmap = model.segment(img, mode=chosen, classes=[model.labels[i] for i in idx] if idx else None,
+            mmap = model.segment(img, mode=chosen, classes=chosen_classes,
                                  description=description, points_per_side=pps,
                                  pred_iou_thresh=settings.pred_iou_thresh, stability_thresh=settings.stability_thresh)
             out = mmap.to_json(top_k)

@@ -43,16 +43,17 @@ def seed_everything(seed: int) -> None:
 
 
 def split_for_training(cfg: TrainConfig) -> tuple[list[Region], list[Region]]:
-    """(train, val) regions following cfg: val_data, else `split` fields, else a stratified split."""
+    """(train, val) regions following cfg: val_data, else `split` fields (normalised when read: train, val,
+    test), else a seeded split stratified by label that keeps each image (and each ``group``) on one side."""
     if not cfg.data:
         raise ValueError("no training data: pass --data DATASET (a folder with metadata.jsonl)")
-    regions = [r for r in load_dataset(cfg.data) if r.split not in ("test",)]
+    regions = [r for r in load_dataset(cfg.data) if r.split != "test"]
     if cfg.val_data:
         val = [r for r in load_dataset(cfg.val_data) if r.split not in ("test", "train")]
         train = regions
-    elif any(r.split in ("val", "validation") for r in regions):
-        val = [r for r in regions if r.split in ("val", "validation")]
-        train = [r for r in regions if r.split not in ("val", "validation")]
+    elif any(r.split == "val" for r in regions):
+        val = [r for r in regions if r.split == "val"]
+        train = [r for r in regions if r.split != "val"]
     else:
         train, val = split_regions(regions, cfg.val_fraction, cfg.seed)
     if cfg.train_fraction < 1.0:
@@ -113,7 +114,8 @@ def train(cfg: TrainConfig) -> Path:
     else:
         raise ValueError(f"mode={cfg.mode!r}: choose head (frozen backbones, the paper) or full")
 
-    model = MaterialClassifier.from_parts(cfg, taxonomy, encoder, head)
+    model = MaterialClassifier.from_parts(cfg, taxonomy, encoder, head,
+                                          trained_classes=[str(r.label) for r in train_regions])
     model.save_pretrained(out / "model", include_backbone=cfg.mode == "full")
     summary["seconds"] = round(time.time() - t0, 1)
     (out / "summary.json").write_text(json.dumps(summary, indent=1))

@@ -28,7 +28,10 @@ def namespace_of(settings: dict[str, Any]) -> str:
 
 
 def default_cache_dir() -> Path:
-    return Path(os.environ.get("FMMC_CACHE", Path.home() / ".cache" / "fmmc")) / "features"
+    """The feature cache's default root: ``<cache_root>/features`` (:func:`fmmc.core.paths.cache_root`)."""
+    from fmmc.core.paths import cache_root
+
+    return cache_root() / "features"
 
 
 class FeatureCache:

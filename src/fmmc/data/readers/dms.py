@@ -17,8 +17,8 @@ Layout (folder names in any case: DMS ships ``Labels/``):
 * label maps: the ``*.png`` files directly in ``<root>/labels/<split>/``, or in ``<root>/labels/`` when it
   has no such split folder; a root without a ``labels`` folder is itself the folder of label maps (with or
   without ``<split>/``). No split given: ``test`` when that folder exists.
-* images: ``images=DIR`` or ``<root>/images``, in its ``<split>/`` subfolder when there is one; any of
-  ``.jpg .jpeg .png .bmp .webp .tif .tiff``. Two images with the same stem: the first in name order is used.
+* images: ``images=DIR`` or ``<root>/images``, in its ``<split>/`` subfolder when there is one; any image
+  file (:data:`fmmc.core.paths.IMAGE_EXTS`, any case). Two images with one stem: the first in name order.
 * names: ``taxonomy=FILE``, else ``<root>/taxonomy.json``, else the built-in DMS list.
 
 Regions: one per (image, material value) whose area is at least ``min_area`` of the image. Values naming
@@ -41,7 +41,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,7 +50,8 @@ import numpy as np
 from PIL import Image
 
 from fmmc.data.dataset import DatasetError
-from fmmc.data.readers.spec import TestSet, format_size, image_size, list_images, problem_list
+from fmmc.data.imageio import image_size
+from fmmc.data.readers.spec import TestSet, format_size, list_images, problem_list
 from fmmc.data.records import Region
 
 log = logging.getLogger(__name__)
@@ -183,16 +183,17 @@ def _non_materials() -> set[str]:
 def _write_mask(path: Path, mask: np.ndarray) -> None:
     if path.is_file():
         return
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    Image.fromarray(mask.astype(np.uint8) * 255).save(tmp, format="PNG")
-    os.replace(tmp, path)
+    from fmmc.core.io import atomic_file
+
+    with atomic_file(path, binary=True) as f:
+        Image.fromarray(mask.astype(np.uint8) * 255).save(f, format="PNG")
 
 
 def load_dms(root: str | Path, split: str | None = None, cache_dir: str | Path | None = None,
              images: str | None = None, min_area: str | float = 0.01, keep: str = "taxonomy", masks: str | None = None,
              missing: str = "error", map: str = "dms", taxonomy: str | None = None) -> TestSet:  # noqa: A002
     """Regions of DMS label maps (see the module docstring for the layout and the options)."""
-    from fmmc.vision.cache import default_cache_dir
+    from fmmc.core.paths import cache_root
 
     root = Path(root).expanduser()
     try:
@@ -207,7 +208,7 @@ def load_dms(root: str | Path, split: str | None = None, cache_dir: str | Path |
     names = taxonomy_names(root, taxonomy)
     labels = value_labels(names, map)
     non_material = _non_materials()
-    mask_dir = Path(masks).expanduser() if masks else Path(cache_dir or default_cache_dir().parent) / "dms-masks"
+    mask_dir = Path(masks).expanduser() if masks else Path(cache_dir or cache_root()) / "dms-masks"
     mask_dir.mkdir(parents=True, exist_ok=True)
     regions: list[Region] = []
     problems = [f"{lab}: no RGB image {lab.stem}.* in {found.images_dir}" for lab in found.missing]

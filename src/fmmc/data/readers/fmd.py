@@ -14,11 +14,11 @@ from pathlib import Path
 from typing import Any
 
 from fmmc.data.dataset import DatasetError
+from fmmc.data.imageio import image_size
 from fmmc.data.readers.spec import (
     TestSet,
     class_map,
     format_size,
-    image_size,
     list_images,
     map_class,
     no_splits_note,

@@ -16,7 +16,8 @@ A spec is ``kind:/path`` with options after ``?``, joined by ``&``. The kinds ar
 ``package.module:function?opt=v`` names your own reader, called as ``function(split=..., cache_dir=...,
 **options)`` and returning a :class:`TestSet` (or a list of regions).
 
-This module also holds what the readers share (:func:`image_size`, class-folder mapping, problem lists).
+This module also holds what the readers share (class-folder mapping, image listing, problem lists); image
+sizes come from :func:`fmmc.data.imageio.image_size` (upright, header only).
 """
 
 from __future__ import annotations
@@ -29,13 +30,13 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl
 
+from fmmc.core.paths import is_image_file
 from fmmc.core.registry import build, registry
 from fmmc.data.dataset import DatasetError, metadata_path
 from fmmc.data.records import Region
 
 log = logging.getLogger(__name__)
 
-IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 KINDS = tuple(registry("dataset").entries)  # fmd, dms, folder, jsonl
 READER_ARGS = ("split", "cache_dir")  # what load_test_set passes every reader besides the spec's options
 
@@ -132,26 +133,13 @@ def load_test_set(spec: str, split: str | None = None, cache_dir: str | Path | N
 
 
 # ------------------------------------------------------------------------------ shared by the readers
-def image_size(path: str | Path) -> tuple[int, int]:
-    """(width, height) of the upright image, read from the file header only (EXIF orientation honoured)."""
-    from PIL import Image
-
-    with Image.open(path) as im:
-        size = im.size
-        try:
-            orientation = im.getexif().get(0x0112, 1)
-        except Exception:  # noqa: BLE001 - a broken EXIF block: the stored size
-            orientation = 1
-    return (size[1], size[0]) if orientation in (5, 6, 7, 8) else size
-
-
 def format_size(size: tuple[int, int]) -> str:
     return f"{size[0]}x{size[1]}"
 
 
 def list_images(folder: Path) -> list[Path]:
-    """Image files directly in ``folder`` (any case of :data:`IMAGE_EXTS`), in name order."""
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTS)
+    """Image files directly in ``folder`` (:func:`fmmc.core.paths.is_image_file`, any case), in name order."""
+    return sorted(p for p in folder.iterdir() if p.is_file() and is_image_file(p))
 
 
 def class_map(source: str | None) -> dict[str, str | None] | None:

@@ -33,13 +33,14 @@ MODES = ("sam", "grid")
 _ROW_CHUNK = 256  # output rows upsampled at once in grid mode
 
 
-def segment_image(model: Any, image: Image.Image, mode: str = "sam", *, classes: list[str] | None = None,
+def segment_image(model: Any, image: Image.Image, mode: str = "sam", *, classes: list[str] | str | None = None,
                   description: str | None = None, points_per_side: int = 16, pred_iou_thresh: float = 0.86,
                   stability_thresh: float = 0.9, min_area_frac: float = 0.002, max_regions: int = 64,
                   max_side: int = 1024) -> MaterialMap:
     """A :class:`MaterialMap` of ``image`` (see the module docstring for the modes).
 
-    ``classes`` restricts labels to a subset of the taxonomy; ``description`` is the language-stream text
+    ``classes``: the names to choose among (None: the classes the model was trained on, ``"all"``: the
+    whole taxonomy, as :meth:`MaterialClassifier.classify`); ``description`` is the language-stream text
     for every region (two-stream models). SAM options: ``points_per_side``, ``pred_iou_thresh``,
     ``stability_thresh``, ``min_area_frac``, ``max_regions`` (largest kept). ``max_side``: SAM mode works
     on a copy at most this many pixels on its long side (SAM itself sees 1024) and scales the result back.
@@ -58,7 +59,8 @@ def segment_image(model: Any, image: Image.Image, mode: str = "sam", *, classes:
 
 # ----- shared pieces ------------------------------------------------------------------------------------------
 def classify_masks(model: Any, image: Image.Image, masks: Sequence[np.ndarray],
-                   classes: list[str] | None = None, description: str | Sequence[str | None] | None = None) -> np.ndarray:
+                   classes: list[str] | str | None = None,
+                   description: str | Sequence[str | None] | None = None) -> np.ndarray:
     """Class probabilities ``[N, K]`` for ``N`` masks of one image, with a single backbone pass
     (:meth:`MaterialClassifier.classify`, the one forward)."""
     from fmmc.model.classifier import RegionInput
@@ -110,7 +112,7 @@ def paint(masks: Sequence[np.ndarray], probs: np.ndarray) -> tuple[np.ndarray, n
     return labels, conf, ids
 
 
-def sam_map(model: Any, image: Image.Image, *, classes: list[str] | None, description: str | None,
+def sam_map(model: Any, image: Image.Image, *, classes: list[str] | str | None, description: str | None,
             points_per_side: int, pred_iou_thresh: float, stability_thresh: float, min_area_frac: float,
             max_regions: int, max_side: int) -> MaterialMap:
     from fmmc.grounding.prompts import component_spec, get_component
@@ -207,7 +209,8 @@ def _constant_text(model: Any, description: str | None) -> torch.Tensor | None:
         return enc.text_encoder.encode([description or ""])
 
 
-def grid_map(model: Any, image: Image.Image, *, classes: list[str] | None, description: str | None) -> MaterialMap:
+def grid_map(model: Any, image: Image.Image, *, classes: list[str] | str | None,
+             description: str | None) -> MaterialMap:
     streams = model.config.streams
     if streams == "language" or model.encoder.extractor is None:
         raise ValueError("grid mode needs a vision stream, and this model is language-only; use mode='sam' or "
