@@ -51,7 +51,7 @@ def test_misspelt_split_is_refused_with_file_and_line(tmp_path, capsys):
     assert "'tset'" in problems[0].message and "train, val, test" in problems[0].message
     assert main(["validate", str(root), "--no-files"]) == 1
     assert f"{meta}:2: split 'tset'" in capsys.readouterr().out
-    with pytest.raises(DatasetError, match=rf"metadata.jsonl:2: split 'tset'.*train, val, test"):
+    with pytest.raises(DatasetError, match=r"metadata.jsonl:2: split 'tset'.*train, val, test"):
         load_dataset(root)
     rc = main(["train", "--data", str(root), "--out", str(tmp_path / "run"), "--streams", "vision", "--quiet"])
     err = capsys.readouterr().err

@@ -63,6 +63,18 @@ def run(args: argparse.Namespace) -> int:
     if args.host not in ("127.0.0.1", "localhost", "::1") and not args.token:
         log.warning("listening on %s without --token: anyone who can reach this port can use the model", args.host)
     app = create_app(args.model, settings)  # type: ignore[arg-type]
+    _warm_up(app.state.runtime, args.model)
     print(f"fmmc serving {args.model} on http://{args.host}:{args.port}/ (API docs at /docs)", file=sys.stderr)
     uvicorn.run(app, host=args.host, port=args.port, log_level="info" if args.verbose else "warning")
     return 0
+
+
+def _warm_up(runtime: object, model: str) -> None:
+    """Build the model (and the ``--preload`` components) before anything says it is serving: a component that
+    cannot load ends the command with one line instead of a traceback from inside the server."""
+    from fmmc.cli.main import CLIError
+
+    try:
+        runtime.warm_up()  # type: ignore[attr-defined]
+    except (RuntimeError, ValueError, ImportError, OSError) as e:
+        raise CLIError(f"not serving {model}: {' '.join(str(e).split())}") from e

@@ -97,7 +97,7 @@ def evaluate(model: Any, ts: TestSet, settings: EvalSettings | None = None) -> E
     classes = test_classes(model, ts)
     _check_descriptions(model, ts)
     labels = list(model.labels)
-    preds, failures = model.predict_regions(ts.regions, classes=classes if s.classes == "restrict" else None,
+    preds, failures = model.predict_regions(ts.regions, classes=classes if s.classes == "restrict" else "all",
                                             progress=s.progress)
     if all(p is None for p in preds):
         first = f" (first: {failures[0][0]}: {failures[0][1]})" if failures else ""

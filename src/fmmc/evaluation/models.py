@@ -38,7 +38,7 @@ class EvalModel(Protocol):
     @property
     def labels(self) -> tuple[str, ...]: ...
 
-    def predict_regions(self, regions: list[Region], classes: list[str] | None = None,
+    def predict_regions(self, regions: list[Region], classes: list[str] | str | None = None,
                         progress: bool = True) -> tuple[list[Any], list[tuple[str, str]]]: ...
 
 

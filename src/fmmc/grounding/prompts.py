@@ -14,7 +14,8 @@ cannot find raises :class:`RegionNotFound`, a point outside the image or a box w
 The segmenter and grounder are named by spec in the model config (keys ``"segmenter"`` and
 ``"grounder"``; override them at load time, ``from_pretrained(dir, segmenter="hf:/path/to/sam")``), built
 once per model on first use and cached on it; building is guarded by a lock, so concurrent requests in a
-server share one copy.
+server share one copy. A build that fails (weights not available here) is remembered for a minute, so
+the requests after it fail at once with the same error instead of trying the load again.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from __future__ import annotations
 import logging
 import math
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -38,6 +40,7 @@ MAX_OBJECT_CHARS = 200
 
 _BUILD_LOCK = threading.Lock()
 _ATTR = "_fmmc_region_components"
+RETRY_FAILED_BUILD_S = 60.0  # a failed segmenter/grounder build is not tried again for this long
 
 
 class PromptError(ValueError):
@@ -75,20 +78,56 @@ def component_spec(model: Any, kind: str) -> str:
     return str(spec) if spec else DEFAULT_SPECS[kind]
 
 
+@dataclass(frozen=True)
+class _BuildFailure:
+    """A component build that failed: re-raised at once until ``retry_at`` (time.monotonic)."""
+
+    error: BaseException
+    retry_at: float
+
+
 def get_component(model: Any, kind: str) -> Any:
-    """The model's segmenter or grounder, built through the registry on first use and cached on the model."""
-    cache = model.__dict__.get(_ATTR)
-    if cache is not None and kind in cache:
-        return cache[kind]
+    """The model's segmenter or grounder, built through the registry on first use and cached on the model.
+
+    A build that fails is remembered for :data:`RETRY_FAILED_BUILD_S` seconds: calls in that time raise the
+    same error at once instead of trying (and waiting for) the load again.
+    """
+    entry = (model.__dict__.get(_ATTR) or {}).get(kind)
+    if entry is not None and not _expired(entry):
+        return _cached_or_raise(entry)
     with _BUILD_LOCK:
         cache = model.__dict__.setdefault(_ATTR, {})
-        if kind not in cache:
-            from fmmc.core.registry import build
+        entry = cache.get(kind)
+        if entry is None or _expired(entry):
+            try:
+                cache[kind] = entry = _build_component(model, kind)
+            except Exception as e:  # noqa: BLE001 - remembered, then raised to this caller (with its traceback)
+                cache[kind] = _BuildFailure(e, time.monotonic() + RETRY_FAILED_BUILD_S)
+                raise
+        return _cached_or_raise(entry)
 
-            spec = component_spec(model, kind)
-            log.info("building %s %s", kind, spec)
-            cache[kind] = build(kind, spec, device=getattr(model, "_device", "cpu"))
-        return cache[kind]
+
+def _expired(entry: Any) -> bool:
+    return isinstance(entry, _BuildFailure) and time.monotonic() >= entry.retry_at
+
+
+def _build_component(model: Any, kind: str) -> Any:
+    from fmmc.core.registry import build
+
+    spec = component_spec(model, kind)
+    log.info("building %s %s", kind, spec)
+    try:
+        return build(kind, spec, device=getattr(model, "_device", "cpu"))
+    except Exception as e:
+        log.info("%s %s cannot be built (%s); requests that need it fail at once for the next %g s",
+                 kind, spec, type(e).__name__, RETRY_FAILED_BUILD_S)
+        raise
+
+
+def _cached_or_raise(entry: Any) -> Any:
+    if isinstance(entry, _BuildFailure):  # a fresh traceback each time, so repeats do not pile up frames
+        raise entry.error.with_traceback(None)
+    return entry
 
 
 def set_component(model: Any, kind: str, component: Any) -> None:

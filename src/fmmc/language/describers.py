@@ -99,7 +99,8 @@ def describe_regions(
     progress: bool = True,
     workers: int = 1,
 ) -> tuple[list[str | None], list[tuple[str, str]]]:
-    """Describe every region, consulting ``cache`` first; never raises for one bad region.
+    """Describe every region, consulting ``cache`` first; never raises for one bad region, but does raise an
+    error that says every region would fail (``stops_run``: an unreachable endpoint, a missing key).
 
     Returns ``(descriptions, failures)``: descriptions aligned with ``regions`` (None where it failed)
     and ``(region.id, message)`` per failure. ``workers > 1`` describes regions in parallel threads
@@ -158,6 +159,9 @@ def describe_regions(
         try:
             out[i] = call()
         except Exception as e:  # noqa: BLE001 - one bad region must not stop a dataset
+            if getattr(e, "stops_run", False):  # ... but a dead endpoint must: every other region would fail too
+                log.debug("stopping after region %r: %s", regions[i].id, e)
+                raise
             message = f"{type(e).__name__}: {e}"
             failed.append((i, message))
             # the first few failures are worth seeing; a dead endpoint must not print one line per region

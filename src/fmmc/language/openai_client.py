@@ -7,9 +7,14 @@
 
 Base URL: the ``base_url`` argument, else ``FMMC_OPENAI_BASE_URL``, else ``OPENAI_BASE_URL``, else
 https://api.openai.com/v1. Key: the ``api_key`` argument, else ``OPENAI_API_KEY``; none is needed by local
-servers. Connect errors, timeouts, HTTP 429 (``Retry-After`` honoured) and 5xx are retried with
-exponential backoff and jitter; other 4xx fail at once. The key is never logged nor put in an error.
-Thread-safe: one client can serve many threads.
+servers; OpenAI's hosted API without a key is refused before any request. Connect errors, timeouts, HTTP
+429 (``Retry-After`` honoured) and 5xx are retried with exponential backoff and jitter; other 4xx fail at
+once. The key is never logged nor put in an error. Thread-safe: one client can serve many threads.
+
+Circuit breaker: after ``max_consecutive_failures`` (3) connection failures or timeouts in a row, counted
+over all requests and threads, the client raises :class:`EndpointUnavailableError` at once, and keeps
+doing so for ``breaker_cooldown`` seconds, instead of retrying every request of a run against a dead
+endpoint. Any HTTP answer resets the count. ``describe_regions`` stops a run on this error.
 """
 
 from __future__ import annotations
@@ -21,8 +26,10 @@ import json
 import logging
 import os
 import random
+import threading
 import time
 from typing import Any
+from urllib.parse import urlparse
 
 import httpx
 from PIL import Image
@@ -32,6 +39,8 @@ from fmmc.language.describers import DescriberError
 log = logging.getLogger(__name__)
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
+HOSTED_HOSTS = ("api.openai.com",)  # endpoints that always need a key
+MAX_CONNECT_TIMEOUT = 10.0  # a server that does not accept a connection in this long is not coming
 MAX_RETRY_AFTER = 120.0  # never sleep longer than this on a server's say-so
 _HINTS = {
     401: "check OPENAI_API_KEY (or pass api_key=)",
@@ -40,7 +49,19 @@ _HINTS = {
     413: "the request is too large; send smaller images",
 }
 
-__all__ = ["DescriberError", "OpenAIChatClient", "image_content", "resolve_base_url"]
+__all__ = ["DescriberError", "EndpointUnavailableError", "OpenAIChatClient", "image_content", "resolve_base_url"]
+
+
+class EndpointUnavailableError(DescriberError):
+    """The endpoint cannot be used at all (down, or a hosted API without a key): retrying more requests
+    cannot help, so runs over many regions stop on it (``stops_run``) instead of failing each region."""
+
+    stops_run = True
+
+
+def is_hosted(base_url: str) -> bool:
+    """Whether ``base_url`` is OpenAI's hosted API (which needs a key), not a local or self-hosted server."""
+    return (urlparse(base_url).hostname or "").lower() in HOSTED_HOSTS
 
 
 def resolve_base_url(base_url: str | None = None) -> str:
@@ -108,6 +129,8 @@ class OpenAIChatClient:
         max_retries: int = 4,
         backoff: float = 1.0,
         max_backoff: float = 30.0,
+        max_consecutive_failures: int = 3,
+        breaker_cooldown: float = 30.0,
     ) -> None:
         if not model:
             raise ValueError("model must be given, e.g. OpenAIChatClient('gpt-4o-mini')")
@@ -118,11 +141,17 @@ class OpenAIChatClient:
         self.backoff = backoff
         self.max_backoff = max_backoff
         self.timeout = timeout
+        self.max_consecutive_failures = max(1, int(max_consecutive_failures))
+        self.breaker_cooldown = breaker_cooldown
+        self._failures = 0  # connection failures / timeouts in a row, over all threads
+        self._open_until = 0.0  # time.monotonic() until which requests are refused at once
+        self._breaker_lock = threading.Lock()
         self._api_key = api_key if api_key is not None else os.environ.get("OPENAI_API_KEY") or None
         headers = {"Content-Type": "application/json"}
         if self._api_key:
             headers["Authorization"] = f"Bearer {self._api_key}"
-        self._http = httpx.Client(timeout=timeout, headers=headers)
+        self.connect_timeout = min(timeout, MAX_CONNECT_TIMEOUT)
+        self._http = httpx.Client(timeout=httpx.Timeout(timeout, connect=self.connect_timeout), headers=headers)
 
     def __repr__(self) -> str:  # never shows the key
         return f"OpenAIChatClient(model={self.model!r}, base_url={self.base_url!r}, key={'set' if self._api_key else 'none'})"
@@ -147,20 +176,65 @@ class OpenAIChatClient:
     def _delay(self, attempt: int) -> float:
         return min(self.max_backoff, self.backoff * 2**attempt) * random.uniform(0.5, 1.0)
 
+    def check_usable(self) -> None:
+        """Raise :class:`EndpointUnavailableError` (no request sent) for OpenAI's hosted API without a key."""
+        if self._api_key is None and is_hosted(self.base_url):
+            raise EndpointUnavailableError(
+                f"chat endpoint {self.endpoint} (model {self.model!r}) is OpenAI's hosted API and no key is set: "
+                "export OPENAI_API_KEY (or pass api_key=), or point base_url (FMMC_OPENAI_BASE_URL / "
+                "OPENAI_BASE_URL) at a local OpenAI-compatible server such as vLLM or Ollama, which needs no key"
+            )
+
+    def _check_breaker(self) -> None:
+        with self._breaker_lock:
+            left = self._open_until - time.monotonic()
+            failures = self._failures
+        if left > 0:
+            raise self._down(f"{failures} connection failures or timeouts in a row; not trying again for {left:.0f} s")
+
+    def _connection_failed(self, problem: str, attempt: int) -> None:
+        """Count one connection failure/timeout; open the breaker (and raise) at the limit."""
+        with self._breaker_lock:
+            self._failures += 1
+            failures = self._failures
+            if failures >= self.max_consecutive_failures:
+                self._open_until = time.monotonic() + self.breaker_cooldown
+        if failures >= self.max_consecutive_failures:
+            raise self._down(f"{problem}; {failures} connection failures or timeouts in a row "
+                             f"({attempt} attempt{'s' if attempt > 1 else ''} for this request)")
+
+    def _answered(self) -> None:
+        with self._breaker_lock:
+            self._failures = 0
+            self._open_until = 0.0
+
+    def _down(self, problem: str) -> EndpointUnavailableError:
+        return EndpointUnavailableError(self._redact(
+            f"chat endpoint {self.endpoint} (model {self.model!r}) is not reachable: {problem}. Stopping instead of "
+            f"trying every request: start the server, or point base_url (FMMC_OPENAI_BASE_URL / OPENAI_BASE_URL) "
+            f"at one that runs"
+        ))
+
     def chat(self, messages: list[dict[str, Any]], **params: Any) -> str:
         """Send ``messages`` (plus ``temperature``, ``max_tokens``, ...) and return the reply's text."""
+        self.check_usable()
         body = {"model": self.model, "messages": messages, **params}
         attempts = self.max_retries + 1
         last = ""
         for attempt in range(attempts):
             wait: float | None = None
+            self._check_breaker()
             try:
                 response = self._http.post(self.endpoint, json=body)
             except httpx.TimeoutException as e:
-                last = f"timed out after {self.timeout:g} s ({type(e).__name__})"
+                limit = self.connect_timeout if isinstance(e, httpx.ConnectTimeout) else self.timeout
+                last = f"timed out after {limit:g} s ({type(e).__name__})"
+                self._connection_failed(last, attempt + 1)
             except httpx.TransportError as e:  # connect errors, dropped connections
                 last = f"connection failed ({type(e).__name__}: {self._redact(str(e))[:200]})"
+                self._connection_failed(last, attempt + 1)
             else:
+                self._answered()
                 status = response.status_code
                 if status == 200:
                     return self._parse(response)

@@ -9,6 +9,11 @@
 
 The region is drawn on the image as a red outline (plus, by default, a close-up crop as a second
 image; see :mod:`fmmc.language.marking`). Deterministic settings: temperature 0, ``max_tokens`` 60.
+
+A dead endpoint stops a run instead of failing region after region: after ``max_consecutive_failures`` (3)
+connection failures or timeouts in a row the client raises
+:class:`~fmmc.language.openai_client.EndpointUnavailableError`, which ``describe_regions`` does not swallow;
+so does OpenAI's hosted API when ``OPENAI_API_KEY`` is not set (refused before any request is sent).
 """
 
 from __future__ import annotations
@@ -50,12 +55,14 @@ class OpenAIDescriber:
         timeout: float = 60.0,
         max_retries: int = 4,
         backoff: float = 1.0,
+        max_consecutive_failures: int = 3,
         client: OpenAIChatClient | None = None,
     ) -> None:
         if marking not in MARKINGS:
             raise ValueError(f"unknown marking {marking!r}; use one of {', '.join(MARKINGS)}")
         self.client = client or OpenAIChatClient(model, base_url=base_url, api_key=api_key, timeout=timeout,
-                                                 max_retries=max_retries, backoff=backoff)
+                                                 max_retries=max_retries, backoff=backoff,
+                                                 max_consecutive_failures=max_consecutive_failures)
         self.spec = f"openai:{model}"
         self.prompt, self.system, self.marking = prompt, system, marking
         self.max_side, self.line_width = max_side, line_width

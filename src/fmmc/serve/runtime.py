@@ -124,14 +124,21 @@ class Runtime:
 
     # ----- lifecycle -----
     def warm_up(self) -> None:
-        """Build the encoder (and, with ``preload``, the segmenter and grounder) before the first request."""
+        """Build the encoder (and, with ``preload``, the segmenter and grounder) before the first request.
+
+        Raises what the first component that cannot be built raised (``WeightsUnavailableError``, ...);
+        once it has succeeded, later calls return at once.
+        """
         from fmmc.grounding.prompts import get_component
 
+        if getattr(self, "_warm", False):
+            return
         t0 = time.time()
         _ = self.model.encoder
         if self.settings.preload:
             for kind in ("segmenter", "grounder"):
                 get_component(self.model, kind)
+        self._warm = True
         log.info("model ready in %.1fs", time.time() - t0)
 
     def close(self) -> None:

@@ -124,14 +124,15 @@ class ClipZeroShot:
             logits = logits + mask
         return logits.softmax(-1).cpu().numpy()
 
-    def predict_regions(self, regions: list[Region], classes: list[str] | None = None,
+    def predict_regions(self, regions: list[Region], classes: list[str] | str | None = None,
                         progress: bool = True) -> tuple[list[Prediction | None], list[tuple[str, str]]]:
-        """Predictions aligned with ``regions`` (None where the image or mask could not be used)."""
+        """Predictions aligned with ``regions`` (None where the image or mask could not be used);
+        ``classes``: a subset, or None / ``"all"`` for the whole taxonomy (a zero-shot model has no training)."""
         from tqdm.auto import tqdm
 
         from fmmc.data.regions import load_region
 
-        keep = self.taxonomy.subset(classes) if classes is not None else None
+        keep = self.taxonomy.subset(classes) if classes not in (None, "all") else None
         out: list[Prediction | None] = [None] * len(regions)
         failures: list[tuple[str, str]] = []
         bar = tqdm(total=len(regions), desc="zero-shot CLIP", unit="region", disable=not progress)

@@ -101,12 +101,14 @@ class VLMZeroShot:
             self.cache.put(*keys, self.spec, version, reply)  # type: ignore[union-attr]
         return reply
 
-    def predict_regions(self, regions: list[Region], classes: list[str] | None = None,
+    def predict_regions(self, regions: list[Region], classes: list[str] | str | None = None,
                         progress: bool = True) -> tuple[list[Prediction | None], list[tuple[str, str]]]:
-        """One-hot predictions; unparseable replies give an all-zero prediction with ``extra["abstained"]``."""
+        """One-hot predictions; unparseable replies give an all-zero prediction with ``extra["abstained"]``.
+        ``classes``: a subset, or None / ``"all"`` for the whole taxonomy."""
         from tqdm.auto import tqdm
 
-        candidates = [self.taxonomy.names[i] for i in self.taxonomy.subset(classes)] if classes else list(self.labels)
+        subset = classes not in (None, "all") and bool(classes)
+        candidates = [self.taxonomy.names[i] for i in self.taxonomy.subset(classes)] if subset else list(self.labels)
         out: list[Prediction | None] = [None] * len(regions)
         failures: list[tuple[str, str]] = []
 
