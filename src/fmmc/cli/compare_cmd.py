@@ -16,15 +16,19 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("runs", nargs="+", help="result folders (the first is the reference)")
     p.add_argument("--metrics", default="acc,macc,miou", help="comma-separated: acc, macc, miou, top5, ece")
+    p.add_argument("--json", action="store_true", help="print the comparison as JSON (values, deltas, warning)")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from fmmc.evaluation.compare import METRICS, compare_text, load_run
+    import json
+
+    from fmmc.evaluation.compare import METRICS, compare_json, compare_text, load_run
 
     metrics = tuple(m.strip() for m in args.metrics.split(",") if m.strip())
     bad = [m for m in metrics if m not in METRICS]
     if bad:
         raise ValueError(f"--metrics {bad}: choose from {', '.join(METRICS)}")
-    print(compare_text([load_run(r) for r in args.runs], metrics))
+    runs = [load_run(r) for r in args.runs]
+    print(json.dumps(compare_json(runs, metrics), indent=1) if args.json else compare_text(runs, metrics))
     return 0

@@ -135,19 +135,16 @@ def _probe(endpoint: str, timeout: float) -> HubStatus:
 
 
 def hub_cache_dir(cache_dir: str | os.PathLike[str] | None = None) -> Path:
-    """The hub cache a load would read: ``cache_dir``, else ``HF_HUB_CACHE`` / ``HF_HOME``, else the default."""
+    """The hub cache a load would read: ``cache_dir``, else huggingface_hub's (``HF_HUB_CACHE`` / ``HF_HOME``)."""
     if cache_dir:
         return Path(cache_dir).expanduser()
-    if os.environ.get("HF_HUB_CACHE"):
-        return Path(os.environ["HF_HUB_CACHE"]).expanduser()
-    if os.environ.get("HF_HOME"):
-        return Path(os.environ["HF_HOME"]).expanduser() / "hub"
     try:
         from huggingface_hub import constants
 
-        return Path(constants.HF_HUB_CACHE)
+        return Path(constants.HF_HUB_CACHE).expanduser()
     except ImportError:
-        return Path("~/.cache/huggingface/hub").expanduser()
+        home = os.environ.get("HF_HOME") or "~/.cache/huggingface"
+        return Path(os.environ.get("HF_HUB_CACHE") or Path(home) / "hub").expanduser()
 
 
 def is_cached(repo_id: str, cache_dir: str | os.PathLike[str] | None = None) -> bool:

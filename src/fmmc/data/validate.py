@@ -8,7 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fmmc.data.dataset import DatasetError, iter_lines, metadata_path, parse_line
-from fmmc.data.imageio import ImageError, load_image, load_mask
+from fmmc.data.imageio import ImageError
+from fmmc.data.regions import load_region
 from fmmc.taxonomy import Taxonomy
 
 
@@ -55,17 +56,10 @@ def validate_dataset(root: str | Path, taxonomy: Taxonomy | None = None, check_f
         if not check_files:
             continue
         try:
-            img = load_image(region.image)
+            load_region(region)  # the one region rule: what training and predict will see
         except ImageError as e:
-            problems.append(Problem(where, f"image {e.path}: {e.problem}" + (f" ({e.fix})" if e.fix else "")))
-            continue
-        if region.mask is not None:
-            try:
-                load_mask(region.mask, size=img.size)
-            except ImageError as e:
-                problems.append(Problem(where, f"mask {e.path}: {e.problem}" + (f" ({e.fix})" if e.fix else "")))
-        if region.box is not None:
-            x0, y0, x1, y1 = region.box
-            if not (0 <= x0 < x1 <= img.width and 0 <= y0 < y1 <= img.height):
-                problems.append(Problem(where, f"box {list(region.box)} is empty or outside the {img.width}x{img.height} image"))
+            what = "mask" if region.mask is not None and str(e.path) == str(region.mask) else "image"
+            problems.append(Problem(where, f"{what} {e.path}: {e.problem}" + (f" ({e.fix})" if e.fix else "")))
+        except ValueError as e:  # a box with no area or wholly outside the image
+            problems.append(Problem(where, str(e)))
     return n, problems

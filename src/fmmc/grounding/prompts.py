@@ -16,6 +16,8 @@ The segmenter and grounder are named by spec in the model config (keys ``"segmen
 once per model on first use and cached on it; building is guarded by a lock, so concurrent requests in a
 server share one copy. A build that fails (weights not available here) is remembered for a minute, so
 the requests after it fail at once with the same error instead of trying the load again.
+:func:`component_availability` tells, cheaply and without building or downloading anything, whether a
+component can load here (the web page uses it to offer only the tools that work).
 """
 
 from __future__ import annotations
@@ -135,6 +137,82 @@ def set_component(model: Any, kind: str, component: Any) -> None:
     component_spec(model, kind)  # validates kind
     with _BUILD_LOCK:
         model.__dict__.setdefault(_ATTR, {})[kind] = component
+
+
+# ----- availability (cheap: no build, no download, no network) ----------------------------------------------
+AVAILABILITY_KINDS = ("segmenter", "grounder", "text_encoder", "describer")
+_FLAGS = {"segmenter": "--segmenter", "grounder": "--grounder", "describer": "--describer"}
+_HUB_PREFIXES = ("hf", "st")  # specs whose argument is a hub id or a local directory
+
+
+def component_availability(model: Any, kind: str) -> dict[str, Any]:
+    """Whether ``kind`` can be loaded for ``model`` here, decided cheaply: ``{"spec", "available", "reason"}``.
+
+    ``kind`` is ``"segmenter"``, ``"grounder"``, ``"text_encoder"`` or ``"describer"``. Nothing is built,
+    downloaded or asked of the network: a component already built on the model is available; one whose build
+    failed within the last :data:`RETRY_FAILED_BUILD_S` seconds is not (the reason is its error); an
+    ``hf:/local/dir`` spec is available when the directory exists; a hub id when the local Hugging Face cache
+    holds it (its ``config.json``) or, with ``HF_HUB_OFFLINE`` unset, when it can be downloaded on first use
+    (``reason`` says so). Other specs (built-in, remote endpoints, your own factories) are reported available:
+    they are checked when first built.
+    """
+    import os
+    from pathlib import Path
+
+    from fmmc.core.hub import is_offline, looks_like_repo_id
+
+    if kind not in AVAILABILITY_KINDS:
+        raise ValueError(f"unknown component kind {kind!r}; choose one of {list(AVAILABILITY_KINDS)}")
+    if kind in DEFAULT_SPECS:
+        spec: str | None = component_spec(model, kind)
+        entry = (model.__dict__.get(_ATTR) or {}).get(kind)
+        if isinstance(entry, _BuildFailure) and not _expired(entry):
+            return {"spec": spec, "available": False, "reason": " ".join(str(entry.error).split()) or
+                    type(entry.error).__name__}
+        if entry is not None and not isinstance(entry, _BuildFailure):
+            return {"spec": spec, "available": True, "reason": "loaded"}
+    else:
+        raw = getattr(getattr(model, "config", None), kind, None)
+        spec = str(raw) if raw else None
+        encoder = getattr(model, "__dict__", {}).get("_encoder")  # never model.encoder: that builds it
+        if encoder is not None and getattr(encoder, kind, None) is not None:
+            return {"spec": spec, "available": True, "reason": "loaded"}
+        if spec is None or spec in ("none", "metadata"):
+            return {"spec": spec, "available": True, "reason": "no weights needed"}
+    prefix, sep, arg = str(spec).partition(":")
+    if not sep or prefix not in _HUB_PREFIXES:
+        return {"spec": spec, "available": True, "reason": "not checked in advance; built on first use"}
+    arg = arg.strip() or DEFAULT_SPECS.get(kind, "").partition(":")[2]
+    if not arg:
+        return {"spec": spec, "available": True, "reason": "not checked in advance; built on first use"}
+    fix = (f"start the server with {_FLAGS[kind]} hf:/path/to/local/{kind}" if kind in _FLAGS
+           else f"load the model with {kind}='hf:/path/to/local/{kind}'")
+    path = Path(arg).expanduser()
+    if path.is_dir():
+        return {"spec": spec, "available": True, "reason": f"local directory {arg}"}
+    if path.exists() or not looks_like_repo_id(arg):
+        what = "is not a directory" if path.exists() else "does not exist"
+        return {"spec": spec, "available": False,
+                "reason": f"local path {arg} {what}; {fix} (a directory written by save_pretrained)"}
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(arg, "config.json")
+    except ImportError:
+        return {"spec": spec, "available": False,
+                "reason": "huggingface_hub is not installed; pip install huggingface_hub (or fmmc[offline])"}
+    except Exception:  # noqa: BLE001 - an unreadable cache is simply not a cached copy
+        cached = None
+    if isinstance(cached, str):
+        return {"spec": spec, "available": True, "reason": "in the local Hugging Face cache"}
+    if not is_offline():
+        return {"spec": spec, "available": True,
+                "reason": "needs download from the hub on first use (may take minutes)"}
+    var = "HF_HUB_OFFLINE" if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes") \
+        else "TRANSFORMERS_OFFLINE"
+    return {"spec": spec, "available": False,
+            "reason": f"not in the local Hugging Face cache and {var} is set; download {arg} once with network "
+                      f"access (hf download {arg}) or {fix}"}
 
 
 # ----- prompt checks (pure) -------------------------------------------------------------------------------

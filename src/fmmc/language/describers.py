@@ -68,7 +68,9 @@ class MetadataDescriber:
 
     def describe(self, image: Image.Image | None, mask: np.ndarray | None, region: Region | None = None) -> str:
         if region is None:
-            raise ValueError("the 'metadata' describer needs the region (describe(image, mask, region=...))")
+            raise ValueError("the 'metadata' describer reads a dataset line's 'description', and a new photo has "
+                             "none: pass description='...', or use a describer that can describe a photo "
+                             "(e.g. 'openai:gpt-4o-mini', 'hf:<local VLM>' or 'none')")
         if region.description is None:
             raise ValueError(
                 f"region {region.id!r} has no 'description' field; add one to metadata.jsonl or use "

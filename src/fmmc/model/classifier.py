@@ -29,7 +29,7 @@ from PIL import Image
 
 from fmmc import __version__
 from fmmc.data.records import Region
-from fmmc.model.config import HeadConfig, ModelConfig
+from fmmc.model.config import DATASET_DESCRIBERS, HeadConfig, ModelConfig, description_fix
 from fmmc.model.head import MaterialHead
 from fmmc.taxonomy import Taxonomy, load_taxonomy
 
@@ -134,8 +134,7 @@ class MaterialClassifier:
     def save_pretrained(self, path: str | Path, include_backbone: bool = False) -> Path:
         """Write ``config.json`` + ``model.safetensors`` (the head; the backbone too for ``mode=full`` or
         ``include_backbone``, under the names of the backbone's own checkpoint)."""
-        from safetensors.torch import save_file
-
+        from fmmc.core.io import save_safetensors
         from fmmc.vision.protocol import export_state
 
         path = Path(path)
@@ -146,7 +145,7 @@ class MaterialClassifier:
             state = export_state(bb) if bb is not None else (self._backbone_state or {})
             tensors.update({f"backbone.{k}": v.detach().cpu().contiguous() for k, v in state.items()})
             self.config.backbone_weights_included = True
-        save_file(tensors, str(path / WEIGHTS_NAME), metadata={"format": "pt", "fmmc_version": __version__})
+        save_safetensors(tensors, path / WEIGHTS_NAME, metadata={"format": "pt", "fmmc_version": __version__})
         (path / CONFIG_NAME).write_text(json.dumps(self.config.to_json(), indent=1, default=str))
         return path
 
@@ -247,6 +246,20 @@ class MaterialClassifier:
                              f"{self.taxonomy.name!r}; the config is damaged: retrain, or set trained_classes "
                              "to null to use the whole taxonomy")
 
+    # ----- can it classify a new photo? -----
+    def check_ready(self, description: str | None = None, fix: str | None = None) -> None:
+        """Raise ValueError with the fix (one line) when a region without ``description`` cannot be classified:
+        a two-stream model whose describer reads dataset descriptions (``config.needs_description``). Called
+        before any image is decoded; ``fix``: the message to raise (default: :func:`description_fix`)."""
+        if description is None and self.config.needs_description:
+            raise ValueError(fix or description_fix())
+
+    def region_texts(self, regions: list[Region], description: str | None = None) -> list[str | None]:
+        """The language-stream text per region: a region's own ``description`` when the model's describer
+        reads it (``metadata``), else ``description`` (None: the describer writes it)."""
+        own = (self.config.describer or "none") in DATASET_DESCRIBERS
+        return [r.description if own and r.description is not None else description for r in regions]
+
     # ----- the one forward: features -> calibrated probabilities -----
     def logits(self, vis: torch.Tensor | None, txt: torch.Tensor | None) -> torch.Tensor:
         """Calibrated logits (divided by the fitted temperature) ``[N, K]`` of pooled features."""
@@ -266,6 +279,8 @@ class MaterialClassifier:
         subset (None: the trained classes). Masks are ignored by a model trained with ``null_mask``."""
         if not items:
             return []
+        for it in items:
+            self.check_ready(it.description)
         masks = [None if self.config.null_mask else it.mask for it in items]
         images = [it.image for it in items]
         enc = self.encoder.encode_arrays(images, masks, [it.description for it in items])
@@ -278,20 +293,31 @@ class MaterialClassifier:
         return out
 
     # ----- inference -----
-    def predict_regions(self, regions: list[Region], classes: Classes = None,
-                        progress: bool = True) -> tuple[list[Prediction | None], list[tuple[str, str]]]:
+    def predict_regions(self, regions: list[Region], classes: Classes = None, progress: bool = True,
+                        description: str | None = None) -> tuple[list[Prediction | None], list[tuple[str, str]]]:
         """Predictions aligned with ``regions`` (None where a region failed), and the failures. ``classes``:
-        None = the trained classes, ``"all"`` = the whole taxonomy, or a list of names."""
+        None = the trained classes, ``"all"`` = the whole taxonomy, or a list of names. ``description``: the
+        language-stream text of every region without its own (see :meth:`region_texts`); a model that
+        needs one (``config.needs_description``) refuses before any work when no region has one, and skips
+        the regions without."""
         if self.config.null_mask:
             from dataclasses import replace
 
             regions = [replace(r, mask=None, box=None) for r in regions]
-        enc = self.encoder.encode_regions(regions, progress=progress)
+        texts = self.region_texts(regions, description)
+        keep = [i for i, t in enumerate(texts) if t is not None or not self.config.needs_description]
+        if regions and not keep:
+            self.check_ready(fix=description_fix("--description TEXT (Python: predict_regions(..., description="
+                                                 "'...')) or a 'description' on each dataset line"))
+        skipped = [(regions[i].id, "no 'description' on its line: add one, or pass --description TEXT")
+                   for i in sorted(set(range(len(regions))) - set(keep))]
+        enc = self.encoder.encode_regions([regions[i] for i in keep], progress=progress,
+                                          descriptions=[texts[i] for i in keep])
         probs = self.probabilities(enc.vis, enc.txt, classes) if enc.index else []
         out: list[Prediction | None] = [None] * len(regions)
-        for i, p, d in zip(enc.index, probs, enc.descriptions):
-            out[i] = Prediction(p, self.labels, id=regions[i].id, description=d)
-        return out, enc.failures
+        for j, p, d in zip(enc.index, probs, enc.descriptions):
+            out[keep[j]] = Prediction(p, self.labels, id=regions[keep[j]].id, description=d)
+        return out, skipped + enc.failures
 
     def predict(self, image: str | Path | Image.Image | np.ndarray, mask: str | Path | np.ndarray | None = None,
                 box: tuple[float, float, float, float] | None = None, description: str | None = None,
@@ -306,6 +332,7 @@ class MaterialClassifier:
         returned as ``Prediction.mask``."""
         from fmmc.data.regions import as_image, resolve_region
 
+        self.check_ready(description)  # before decoding the image or asking SAM
         region = None
         if prompts:
             from fmmc.grounding.prompts import (
@@ -333,6 +360,7 @@ class MaterialClassifier:
         from fmmc.data.regions import as_image
         from fmmc.model.maps import segment_image
 
+        self.check_ready(kwargs.get("description"))  # before decoding the image or running SAM
         return segment_image(self, as_image(image), mode=mode, **kwargs)
 
 

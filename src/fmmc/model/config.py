@@ -50,6 +50,18 @@ class HeadConfig:
 
 
 REQUIRED = ("taxonomy", "streams", "head")
+# describers that read a region's text from its dataset line: a new photo has none
+DATASET_DESCRIBERS = ("metadata",)
+
+
+def description_fix(give: str = "--description TEXT (Python: predict(..., description='...'))",
+                    describer: str = "--describer SPEC (Python: MaterialClassifier.from_pretrained(path, "
+                                     "describer=SPEC))") -> str:
+    """The one-line fix for a model whose language stream cannot describe a new photo (``needs_description``);
+    ``give`` / ``describer`` say how this entry point takes a description or a describer."""
+    return ("this model's language stream reads each region's description from its dataset (describer "
+            f"'metadata'), and a new photo has none: give one with {give}, or choose a describer that can "
+            f"describe a photo with {describer}, e.g. openai:gpt-4o-mini, hf:<local VLM>, or none (no text)")
 
 
 @dataclass(kw_only=True)
@@ -93,6 +105,13 @@ class ModelConfig(FeatureSpec):
         kwargs = {k: v for k, v in data.items() if k in known and k != "extra"}
         kwargs["extra"] = {**data.get("extra", {}), **{k: v for k, v in data.items() if k not in known}}
         return from_dict(cls, kwargs, where=where)
+
+    @property
+    def needs_description(self) -> bool:
+        """True when a new photo's language-stream text must be given by the user: the model has a language
+        stream and its describer (``metadata``) reads the dataset's ``description`` field, which a new photo
+        lacks. Load with ``describer=`` (an image describer, or ``none``) to predict without one."""
+        return self.streams != "vision" and (self.describer or "none") in DATASET_DESCRIBERS
 
     def override(self, **values: Any) -> None:
         """Set fields by name (``from_pretrained(..., describer=...)``, ``fmmc serve`` overrides)."""

@@ -48,8 +48,13 @@ class TwoStreamEncoder:
     def text_dim(self) -> int:
         return int(self.text_encoder.dim) if self.text_encoder is not None else 0
 
-    def encode_regions(self, regions: Sequence[Region], progress: bool = True) -> Encoded:
+    def encode_regions(self, regions: Sequence[Region], progress: bool = True,
+                       descriptions: Sequence[str | None] | None = None) -> Encoded:
+        """Both streams of dataset regions; ``descriptions`` (aligned with ``regions``): language-stream texts
+        given by the caller, used as they are; the describer writes the others (None)."""
         n = len(regions)
+        if descriptions is not None and len(descriptions) != n:
+            raise ValueError(f"encode_regions: {len(descriptions)} descriptions for {n} regions")
         failures: list[tuple[str, str]] = []
         ok = set(range(n))
         vis_rows: dict[int, torch.Tensor] = {}
@@ -58,29 +63,33 @@ class TwoStreamEncoder:
             failures += fail
             ok &= set(idx)
             vis_rows = dict(zip(idx, feats))
-        descriptions: list[str | None] = [None] * n
+        given = list(descriptions) if descriptions is not None else [None] * n
+        texts: list[str | None] = [None] * n
         if self.describer is not None:
             from fmmc.language.describers import describe_regions
 
-            todo = sorted(ok)
+            for i in ok:
+                texts[i] = given[i]
+            todo = [i for i in sorted(ok) if given[i] is None]
             # metadata/none descriptions are read, not generated: caching them could serve stale text
             cache = None if getattr(self.describer, "spec", "") in ("metadata", "none") else self.description_cache
-            descs, fail = describe_regions([regions[i] for i in todo], self.describer, cache, progress=progress)
+            descs, fail = (describe_regions([regions[i] for i in todo], self.describer, cache, progress=progress)
+                           if todo else ([], []))
             failures += fail
             for i, d in zip(todo, descs):
-                descriptions[i] = d
+                texts[i] = d
                 if d is None:
                     ok.discard(i)
         index = sorted(ok)
         vis = torch.stack([vis_rows[i] for i in index]) if self.extractor is not None and index else None
         txt = None
         if self.text_encoder is not None and index:
-            txt = self.text_encoder.encode([descriptions[i] or "" for i in index])
+            txt = self.text_encoder.encode([texts[i] or "" for i in index])
         if self.extractor is not None and not index:
             vis = torch.empty(0, self.vision_dim)
         if self.text_encoder is not None and not index:
             txt = torch.empty(0, self.text_dim)
-        return Encoded(vis, txt, index, failures, [descriptions[i] for i in index])
+        return Encoded(vis, txt, index, failures, [texts[i] for i in index])
 
     def encode_arrays(self, images: Image.Image | Sequence[Image.Image], masks: Sequence[np.ndarray | None],
                       descriptions: Sequence[str | None] | None = None) -> Encoded:

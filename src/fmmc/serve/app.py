@@ -116,7 +116,7 @@ def _load(model_or_path: Any, settings: ServeSettings) -> tuple[Any, str]:
 def create_app(model_or_path: Any, settings: ServeSettings | None = None, name: str | None = None) -> FastAPI:
     """The FastAPI app serving one model (a ``MaterialClassifier`` or a path/hub id to load)."""
     from fmmc import __version__
-    from fmmc.grounding.prompts import component_spec, resolve_prompt
+    from fmmc.grounding.prompts import component_availability, component_spec, resolve_prompt
     from fmmc.model.maps.render import hex_color
 
     settings = settings or ServeSettings()
@@ -277,19 +277,21 @@ def create_app(model_or_path: Any, settings: ServeSettings | None = None, name: 
 
     # ----- info -----
     @app.get("/v1/model", response_model=ModelInfo, dependencies=auth, responses=_ERRORS,
-             summary="The taxonomy (with colours), component specs, limits and config")
+             summary="The taxonomy (with colours), component specs and whether each can load here, limits, config")
     async def model_info() -> dict[str, Any]:
         tax = model.taxonomy
         classes = [{"index": i, "name": n, "description": tax.descriptions[i] if i < len(tax.descriptions) else n,
                     "color": hex_color(tax.color(i))} for i, n in enumerate(tax.names)]
         c = model.config
         modes = ["sam"] + (["grid"] if c.streams == "vision" or c.describer == "none" else [])
+        kinds = ("segmenter", "grounder") + (("text_encoder", "describer") if enc_has_text(model) else ())
+        availability = {k: component_availability(model, k) for k in kinds}  # cheap: no build, no download
         return {"name": model_name, "fmmc_version": str(c.fmmc_version or __version__),
                 "streams": str(c.streams), "taxonomy": {"name": tax.name, "classes": classes},
                 "components": {"backbone": c.backbone, "text_encoder": c.text_encoder,
                                "describer": c.describer, "segmenter": component_spec(model, "segmenter"),
                                "grounder": component_spec(model, "grounder")},
-                "segment_modes": modes, "limits": settings.public(),
+                "availability": availability, "segment_modes": modes, "limits": settings.public(),
                 "config": {k: v for k, v in c.to_json().items() if k != "taxonomy"}}
 
     @app.get("/healthz", response_model=Health, summary="Liveness: the process is up and the model loaded")

@@ -1,7 +1,8 @@
 """One error shape for every failure: ``{"error": {"code": "...", "message": "..."}}`` with the right status.
 
 Library exceptions map to statuses here, in one place: bad image files 400, prompts outside the image
-422, objects not found 404, weights that cannot load 503, anything unexpected 500 (logged, never shown).
+422, objects not found 404, weights that cannot load (or an unreachable describer endpoint) 503 at once,
+anything unexpected 500 (logged, never shown).
 """
 
 from __future__ import annotations
@@ -56,7 +57,7 @@ def from_exception(e: BaseException) -> ApiError:
         return ApiError(422, "bad_prompt", str(e))
     if isinstance(e, WeightsUnavailableError):
         return ApiError(503, "component_unavailable", str(e))
-    if isinstance(e, ImportError):
+    if isinstance(e, ImportError) or getattr(e, "stops_run", False):  # stops_run: e.g. the VLM endpoint is down
         return ApiError(503, "component_unavailable", str(e))
     if isinstance(e, ValueError):
         return ApiError(422, "invalid_request", str(e))

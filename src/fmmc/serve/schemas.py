@@ -94,12 +94,21 @@ class TaxonomyInfo(BaseModel):
     classes: list[TaxonomyClass]
 
 
+class ComponentAvailability(BaseModel):
+    spec: str | None = Field(description="the component's spec, e.g. hf:facebook/sam-vit-base")
+    available: bool = Field(description="whether it can load here (decided without building or downloading it)")
+    reason: str = Field(description="why (not): loaded, local directory, in the local Hugging Face cache, "
+                                    "needs download from the hub, or what is missing and how to fix it")
+
+
 class ModelInfo(BaseModel):
     name: str
     fmmc_version: str
     streams: str
     taxonomy: TaxonomyInfo
     components: dict[str, str | None]
+    availability: dict[str, ComponentAvailability] = Field(
+        description="per component (segmenter, grounder; text_encoder, describer for language models): can it load?")
     segment_modes: list[str]
     limits: dict[str, Any]
     config: dict[str, Any]

@@ -19,7 +19,8 @@ from typing import Any
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
+
+from fmmc.core.io import save_safetensors
 
 
 def namespace_of(settings: dict[str, Any]) -> str:
@@ -98,9 +99,7 @@ class FeatureCache:
         while (self.dir / f"shard-{n:05d}.safetensors").exists():
             n += 1
         name = f"shard-{n:05d}.safetensors"
-        tmp = self.dir / (name + ".tmp")
-        save_file(self._pending, str(tmp))
-        os.replace(tmp, self.dir / name)
+        save_safetensors(self._pending, self.dir / name)
         with open(self.dir / "index.jsonl", "a", encoding="utf-8") as f:
             for key in self._pending:
                 f.write(json.dumps({"key": key, "shard": name}) + "\n")

@@ -150,11 +150,21 @@ def write_tables(cfg: GridConfig, result: Any) -> Path:
     return out / "report.md"
 
 
+def stand_in_notice(cfg: GridConfig) -> str | None:
+    """What to say when the grid ran on generated data (``toy_data``), so nobody reads it as a reproduction."""
+    if cfg.toy_data is None:
+        return None
+    return (f"NOTE: these numbers come from generated textures ({cfg.toy_data.dir}), an offline stand-in for the "
+            "real test sets: they check the pipeline end to end and do NOT reproduce the paper's figures, which are "
+            "shown in parentheses for layout only.")
+
+
 def tables_text(result: Any, cfg: GridConfig) -> str:
     """The tables as plain text for the console (ours, then the paper's in parentheses)."""
     from fmmc.evaluation.report.markdown import text_table
 
-    parts = []
+    notice = stand_in_notice(cfg)
+    parts = [notice, ""] if notice else []
     for tab in build_tables(cfg, result):
         rows = []
         for r in tab["rows"]:
@@ -184,7 +194,8 @@ def _report(cfg: GridConfig, result: Any, tables_md: str) -> str:
              f"{len(result.failed)} failed.", "",
              "Our numbers first, the paper's published numbers beside them (\"(paper)\" columns). Cells are "
              "accuracy (Table 1) or mIoU|mAcc over the classes present in each test set, with predictions "
-             f"restricted to the test set's classes ({cfg.eval.classes}).", "", "## Tables", "", tables_md, "",
+             f"restricted to the test set's classes ({cfg.eval.classes}).", "",
+             *([f"**{stand_in_notice(cfg)}**", ""] if stand_in_notice(cfg) else []), "## Tables", "", tables_md, "",
              "## Cells", ""]
     rows = []
     for c in result.cells:
