@@ -121,6 +121,16 @@ COMPONENTS = [("segmenter", "hf:facebook/sam-vit-base"), ("grounder", "hf:IDEA-R
               ("text-encoder", "hf:openai/clip-vit-base-patch32"), ("backbone", "hf:facebook/dinov2-small")]
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _imported() -> None:
+    """Import the loaders first, so the timings below measure the hub, not importing transformers."""
+    import transformers
+
+    for name in ("AutoConfig", "AutoModel", "AutoProcessor", "AutoTokenizer", "AutoModelForZeroShotObjectDetection",
+                 "CLIPTextModelWithProjection", "Dinov2Model"):
+        getattr(transformers, name)
+
+
 @pytest.mark.parametrize("endpoint", list(ENDPOINTS))
 @pytest.mark.parametrize(("kind", "spec"), COMPONENTS, ids=[k for k, _ in COMPONENTS])
 def test_unreachable_hub_fails_in_seconds(online: Path, monkeypatch: pytest.MonkeyPatch, endpoint: str, kind: str,

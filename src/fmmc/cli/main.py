@@ -26,7 +26,12 @@ COMMANDS = [
     "segment_cmd",
     "serve_cmd",
     "synth_cmd",
+    "convert_cmd",
 ]
+# commands that run a model: the thread rule (fmmc.core.threads) is applied before they start
+MODEL_COMMANDS = {"demo", "train", "features", "predict", "eval", "reproduce", "segment", "serve", "synth"}
+THREADS_HELP = ("CPU threads for torch (default: $FMMC_THREADS, else torch's default capped at the CPUs this "
+                "process may use); also accepted after the command")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-v info, -vv debug)")
     parser.add_argument("--version", action="version", version=f"fmmc {_version()}")
+    parser.add_argument("--threads", type=int, metavar="N", help=THREADS_HELP)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
         try:
@@ -44,7 +50,19 @@ def build_parser() -> argparse.ArgumentParser:
                 continue  # command not built yet
             raise
         module.add_parser(sub)
+    for name, command in sub.choices.items():
+        if name in MODEL_COMMANDS:
+            _add_threads(command)
     return parser
+
+
+def _add_threads(parser: argparse.ArgumentParser) -> None:
+    """``--threads`` after the command (and its stages): SUPPRESS keeps a value given before the command."""
+    parser.add_argument("--threads", type=int, metavar="N", default=argparse.SUPPRESS, help=THREADS_HELP)
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for stage in action.choices.values():
+                _add_threads(stage)
 
 
 def _version() -> str:
@@ -66,6 +84,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
+        if args.command in MODEL_COMMANDS:
+            from fmmc.core.threads import configure_threads
+
+            configure_threads(args.threads)
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         print("interrupted; finished work is kept and the command resumes where it stopped", file=sys.stderr)

@@ -1,7 +1,10 @@
 """``fmmc predict MODEL IMAGE|FOLDER|DATASET [--mask PNG | --box x0,y0,x1,y1] [--top-k N] [--json] [--out FILE]``.
 
 One image prints its top materials; a folder of images or a dataset (metadata.jsonl) writes one line per
-region to ``--out`` (JSONL, or CSV by extension) with a progress bar; bad items are skipped and listed.
+region to ``--out`` (JSONL, or CSV by extension) with a progress bar; bad items are skipped and listed, and
+the exit status is 1 when no item could be predicted. ``--description TEXT`` is the language-stream text (a
+folder: every image's; a dataset: that of lines without their own), ``--describer SPEC`` overrides the
+model's describer; a two-stream model trained on dataset descriptions needs one of them for new photos.
 """
 
 from __future__ import annotations
@@ -28,7 +31,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--mask-threshold", type=int, metavar="T",
                    help="non-binary masks (JPEG, anti-aliased): pixels >= T are the region (default 128; "
                         "binary masks: every non-zero pixel). Also applies to a folder's or dataset's masks")
-    p.add_argument("--description", help="appearance description for the language stream (else the describer's)")
+    p.add_argument("--description", help="appearance description for the language stream (else the describer's); "
+                                         "a folder: used for every image; a dataset: for lines without their own")
+    p.add_argument("--describer", help="describer spec overriding the model's (e.g. openai:gpt-4o-mini, "
+                                       "hf:<local VLM>, none)")
     p.add_argument("--classes", help="comma-separated class names to choose from, or 'all' for the whole taxonomy "
                                      "(default: the classes the model was trained on)")
     p.add_argument("--top-k", type=int, default=5)
@@ -39,6 +45,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--box-threshold", type=float, help="with --object: grounder score threshold (default 0.35)")
     p.add_argument("--segmenter", help="segmenter spec (default: the model's, else hf:facebook/sam-vit-base)")
     p.add_argument("--grounder", help="grounder spec (default: the model's, else hf:IDEA-Research/grounding-dino-base)")
+    p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N, mps, or auto (cuda, else mps, else cpu)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
@@ -56,14 +63,15 @@ def _floats(text: str, n: int, name: str) -> tuple[float, ...]:
 def run(args: argparse.Namespace) -> int:
     from fmmc.model.classifier import MaterialClassifier, parse_classes
 
-    overrides = {k: getattr(args, k) for k in ("segmenter", "grounder") if getattr(args, k, None)}
-    model = MaterialClassifier.from_pretrained(args.model, **overrides)
+    overrides = {k: getattr(args, k) for k in ("segmenter", "grounder", "describer") if getattr(args, k, None)}
+    model = MaterialClassifier.from_pretrained(args.model, device=args.device, **overrides)
     classes = parse_classes(args.classes)
     src = Path(args.input)
     if src.is_dir():
         return _batch(model, src, classes, args)
     if not src.exists():
         raise FileNotFoundError(f"{src}: no such image, folder or dataset")
+    model.check_ready(args.description)  # before any image is decoded
     prompts = {}
     if args.point:
         prompts["point"] = _floats(args.point, 2, "point")
@@ -97,6 +105,7 @@ def _batch(model, src: Path, classes, args: argparse.Namespace) -> int:
     if (src / "metadata.jsonl").is_file():
         regions = load_dataset(src)
     else:
+        model.check_ready(args.description)  # a folder's images have no descriptions: refuse before any work
         files = sorted(p for p in src.rglob("*") if p.suffix.lower() in IMAGE_EXTS)
         if not files:
             raise ValueError(f"{src}: no images ({', '.join(sorted(IMAGE_EXTS))}) and no metadata.jsonl")
@@ -104,7 +113,8 @@ def _batch(model, src: Path, classes, args: argparse.Namespace) -> int:
     if args.mask_threshold is not None:  # a line's own mask_threshold wins
         for r in regions:
             r.extra.setdefault("mask_threshold", args.mask_threshold)
-    preds, failures = model.predict_regions(regions, classes=classes, progress=not args.quiet)
+    preds, failures = model.predict_regions(regions, classes=classes, progress=not args.quiet,
+                                            description=args.description)
     rows = [dict(p.to_json(args.top_k), **({"true_label": r.label} if r.label else {}))
             for r, p in zip(regions, preds) if p is not None]
     out = Path(args.out) if args.out else None
@@ -126,4 +136,8 @@ def _batch(model, src: Path, classes, args: argparse.Namespace) -> int:
             print(f"  {rid}: {msg}", file=sys.stderr)
     if out is not None:
         print(f"{len(rows)} predictions written to {out}", file=sys.stderr)
+    if not rows:
+        print(f"fmmc predict: error: nothing predicted: all {len(regions)} item(s) of {src} failed (see above)",
+              file=sys.stderr)
+        return 1
     return 0

@@ -32,7 +32,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-regions", type=int, default=64, help="keep the largest N SAM regions")
     p.add_argument("--classes", help="comma-separated class names to choose from, or 'all' for the whole taxonomy "
                                      "(default: the classes the model was trained on)")
-    p.add_argument("--description", help="language-stream text for every region (two-stream models)")
+    p.add_argument("--description", help="language-stream text for every region of every image (two-stream models)")
+    p.add_argument("--describer", help="describer spec overriding the model's (e.g. openai:gpt-4o-mini, "
+                                       "hf:<local VLM>, none)")
     p.add_argument("--top-k", type=int, default=5)
     p.add_argument("--segmenter", help="segmenter spec (default: the model's, else hf:facebook/sam-vit-base)")
     p.add_argument("--eval-dms", metavar="DIR", help="evaluate maps against DMS label maps under DIR")
@@ -41,6 +43,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dms-images", metavar="DIR", help="with --eval-dms: the RGB images (with or without <split>/), "
                                                        "if not in DIR/images/")
     p.add_argument("--limit", type=int, help="with --eval-dms: at most N images")
+    p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N, mps, or auto (cuda, else mps, else cpu)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
@@ -48,8 +51,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from fmmc.model.classifier import MaterialClassifier, parse_classes
 
-    overrides = {"segmenter": args.segmenter} if args.segmenter else {}
-    model = MaterialClassifier.from_pretrained(args.model, **overrides)
+    overrides = {k: getattr(args, k) for k in ("segmenter", "describer") if getattr(args, k, None)}
+    model = MaterialClassifier.from_pretrained(args.model, device=args.device, **overrides)
+    model.check_ready(args.description)  # before any image is decoded or SAM runs
     classes = parse_classes(args.classes)
     opts = {"classes": classes, "description": args.description}
     if args.mode == "sam":
@@ -83,7 +87,10 @@ def run(args: argparse.Namespace) -> int:
         mmap.save(out, img, top_k=args.top_k)
         shares = ", ".join(f"{k} {v * 100:.0f}%" for k, v in list(mmap.class_fractions().items())[:5])
         print(f"{path}: {len(mmap.regions)} regions ({shares}) -> {out}")
-    return 1 if failed and failed == len(targets) else 0
+    if failed == len(targets):
+        print(f"fmmc segment: error: nothing segmented: all {failed} image(s) failed (see above)", file=sys.stderr)
+        return 1
+    return 0
 
 
 def _evaluate(model, args: argparse.Namespace, opts: dict) -> int:

@@ -36,8 +36,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--points-per-side", type=int, default=16, help="SAM automatic-mask point grid")
     p.add_argument("--segmenter", help="segmenter spec (default: the model's, else hf:facebook/sam-vit-base)")
     p.add_argument("--grounder", help="grounder spec (default: the model's, else hf:IDEA-Research/grounding-dino-base)")
-    p.add_argument("--describer", help="describer spec for two-stream models (e.g. openai:gpt-4o-mini)")
+    p.add_argument("--describer", help="describer spec for two-stream models (e.g. openai:gpt-4o-mini, "
+                                       "hf:<local VLM>, none)")
+    p.add_argument("--description", help="language-stream text for requests that send no 'description' field")
     p.add_argument("--preload", action="store_true", help="load the segmenter and grounder at start-up")
+    p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N, mps, or auto (cuda, else mps, else cpu)")
     p.set_defaults(func=run)
 
 
@@ -45,11 +48,13 @@ def settings_from_args(args: argparse.Namespace) -> object:
     from fmmc.serve.settings import ServeSettings
 
     overrides = {k: getattr(args, k) for k in ("segmenter", "grounder", "describer") if getattr(args, k)}
+    overrides["device"] = args.device  # from_pretrained(device=...): resolved (and refused clearly) there
     return ServeSettings(host=args.host, port=args.port, token=args.token or None, max_upload_mb=args.max_upload_mb,
                          max_pixels=args.max_pixels, timeout=args.timeout, max_concurrency=args.max_concurrency,
                          max_queue=args.max_queue, batch_window_ms=args.batch_window_ms, max_batch=args.max_batch,
                          cors_origins=tuple(args.cors_origin), segment_mode=args.segment_mode,
-                         points_per_side=args.points_per_side, preload=args.preload, model_overrides=overrides)
+                         points_per_side=args.points_per_side, preload=args.preload, model_overrides=overrides,
+                         description=getattr(args, "description", None))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -63,6 +68,10 @@ def run(args: argparse.Namespace) -> int:
     if args.host not in ("127.0.0.1", "localhost", "::1") and not args.token:
         log.warning("listening on %s without --token: anyone who can reach this port can use the model", args.host)
     app = create_app(args.model, settings)  # type: ignore[arg-type]
+    if app.state.runtime.model.config.needs_description and settings.description is None:  # type: ignore[attr-defined]
+        log.warning("%s: every request must send a 'description' field (or restart with --description TEXT, or "
+                    "--describer openai:gpt-4o-mini / hf:<local VLM> / none): its describer 'metadata' reads "
+                    "dataset descriptions, which a new photo lacks", args.model)
     _warm_up(app.state.runtime, args.model)
     print(f"fmmc serving {args.model} on http://{args.host}:{args.port}/ (API docs at /docs)", file=sys.stderr)
     uvicorn.run(app, host=args.host, port=args.port, log_level="info" if args.verbose else "warning")

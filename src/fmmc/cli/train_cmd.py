@@ -1,4 +1,4 @@
-"""``fmmc train --data DATASET --out RUN [--config FILE] [key=value ...]``."""
+"""``fmmc train --data DATASET|folder:DIR --out RUN [--config FILE] [key=value ...]``."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                        description="Train the head on frozen backbone features (the paper) or fine-tune (mode=full). "
                                    "Settings: defaults < --config FILE < flags < key=value overrides "
                                    "(any TrainConfig field, e.g. lr=1e-3 streams=vision).")
-    p.add_argument("--data", help="dataset folder with metadata.jsonl")
+    p.add_argument("--data", help="dataset folder with metadata.jsonl, or folder:DIR (DIR/<class>/*.jpg, one "
+                                  "whole-image region per image, labelled by its folder; as `fmmc eval` reads it)")
     p.add_argument("--out", help="run directory (model in OUT/model)")
     p.add_argument("--config", help="YAML/JSON TrainConfig file")
     p.add_argument("--backbone", help="vision backbone spec (see `fmmc list backbones`)")

@@ -18,10 +18,10 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 import numpy as np
 import torch
@@ -38,6 +38,9 @@ CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 ALL_CLASSES = "all"  # classes="all": the whole taxonomy, not only the trained classes
 Classes = list[str] | tuple[str, ...] | str | None  # None: the trained classes | "all" | names
+ImageArg = str | Path | bytes | Image.Image | np.ndarray  # what predict takes (fmmc.data.regions.ImageInput)
+MaskArg = str | Path | bytes | np.ndarray
+BoxArg = tuple[float, float, float, float]
 
 
 def parse_classes(text: str | None) -> list[str] | str | None:
@@ -156,10 +159,14 @@ class MaterialClassifier:
 
         ``overrides`` replace config entries at load time, e.g. ``describer="openai:gpt-4o-mini"``.
         ``cache_dir`` is where the streams keep features and descriptions (as ``TrainConfig.cache_dir``;
-        default ``~/.cache/fmmc`` or ``$FMMC_CACHE``).
+        default ``~/.cache/fmmc`` or ``$FMMC_CACHE``). ``device``: ``cpu``, ``cuda``, ``cuda:N``, ``mps`` or
+        ``auto``, resolved by :func:`fmmc.core.device.resolve_device` (one that is not there: ValueError).
         """
         from safetensors.torch import load_file
 
+        from fmmc.core.device import resolve_device
+
+        device = resolve_device(device)  # before any file is read: a wrong device fails first, in one line
         path = Path(source).expanduser()
         if not path.is_dir():
             path = _download(str(source))
@@ -319,19 +326,42 @@ class MaterialClassifier:
             out[keep[j]] = Prediction(p, self.labels, id=regions[keep[j]].id, description=d)
         return out, skipped + enc.failures
 
-    def predict(self, image: str | Path | Image.Image | np.ndarray, mask: str | Path | np.ndarray | None = None,
-                box: tuple[float, float, float, float] | None = None, description: str | None = None,
-                classes: Classes = None, mask_threshold: int | None = None, **prompts: Any) -> Prediction:
+    @overload
+    def predict(self, image: ImageArg, mask: MaskArg | None = None, box: BoxArg | None = None,
+                description: str | None = None, classes: Classes = None, mask_threshold: int | None = None, *,
+                masks: None = None, boxes: None = None, descriptions: None = None, **prompts: Any) -> Prediction: ...
+
+    @overload
+    def predict(self, image: list[ImageArg] | tuple[ImageArg, ...], mask: None = None, box: None = None,
+                description: None = None, classes: Classes = None, mask_threshold: int | None = None, *,
+                masks: Sequence[MaskArg | None] | None = None, boxes: Sequence[BoxArg | None] | None = None,
+                descriptions: Sequence[str | None] | None = None) -> list[Prediction]: ...
+
+    def predict(self, image: Any, mask: Any = None, box: Any = None, description: str | None = None,
+                classes: Classes = None, mask_threshold: int | None = None, *, masks: Any = None,
+                boxes: Any = None, descriptions: Any = None, **prompts: Any) -> Prediction | list[Prediction]:
         """Classify one region of one image: ``mask`` (path or array), ``box`` (x0, y0, x1, y1), or the
         whole image. ``classes``: the names to choose among (None: the classes the model was trained on;
         ``"all"``: the whole taxonomy). Pixels and masks follow
         the one region rule (:mod:`fmmc.data.regions`; ``mask_threshold`` for non-binary masks).
+
+        A list (or tuple) of images (paths, PIL images, arrays, mixed) returns a list of Predictions from one
+        batched :meth:`classify` call, the same as one ``predict`` per image (bit for bit on one torch thread;
+        with more, a batched backbone pass may differ from single ones in the last float bits, about 1e-6);
+        ``masks=``, ``boxes=`` and ``descriptions=`` are then optional lists with one entry per image (None:
+        whole image / the describer's text).
 
         Region prompts (:mod:`fmmc.grounding.prompts`): ``point=(x, y)`` or ``object="the mug"`` ask SAM (and
         the grounder) for the mask; ``refine=True`` turns ``box`` into a SAM prompt too. The mask used is
         returned as ``Prediction.mask``."""
         from fmmc.data.regions import as_image, resolve_region
 
+        if isinstance(image, (list, tuple)):
+            _single_args_unused(mask=mask, box=box, description=description, prompts=prompts)
+            return self._predict_many(list(image), masks, boxes, descriptions, classes, mask_threshold)
+        if masks is not None or boxes is not None or descriptions is not None:
+            raise ValueError("masks=, boxes= and descriptions= go with a list of images; for one image pass "
+                             "mask=, box=, description=")
         self.check_ready(description)  # before decoding the image or asking SAM
         region = None
         if prompts:
@@ -353,6 +383,29 @@ class MaterialClassifier:
             pred.extra["region"] = region.to_json()
         return pred
 
+    def _predict_many(self, images: list[Any], masks: Any, boxes: Any, descriptions: Any, classes: Classes,
+                      mask_threshold: int | None) -> list[Prediction]:
+        """``predict`` over a list: every image decoded once (repeats share one backbone pass), one classify."""
+        from fmmc.data.regions import as_image, resolve_region
+
+        n = len(images)
+        masks, boxes, descriptions = (_per_image(v, name, n) for v, name in
+                                      ((masks, "masks"), (boxes, "boxes"), (descriptions, "descriptions")))
+        for d in descriptions:
+            self.check_ready(d)  # before any image is decoded
+        decoded: dict[Any, Image.Image] = {}
+        items = []
+        for image, m, b, d in zip(images, masks, boxes, descriptions):
+            key = str(image) if isinstance(image, (str, Path)) else id(image)
+            if key not in decoded:
+                decoded[key] = as_image(image)
+            img, region_mask = resolve_region(decoded[key], m, b, mask_threshold=mask_threshold)
+            items.append(RegionInput(img, region_mask, d, classes))
+        preds = self.classify(items)
+        for image, pred in zip(images, preds):
+            pred.id = str(image) if isinstance(image, (str, Path)) else ""
+        return preds
+
     def segment(self, image: str | Path | Image.Image | np.ndarray, mode: str = "sam", **kwargs: Any) -> Any:
         """A material map of the whole image (:class:`fmmc.model.maps.MaterialMap`): ``mode="sam"`` classifies
         SAM's automatic regions, ``mode="grid"`` every backbone patch (fast, no SAM). See
@@ -362,6 +415,31 @@ class MaterialClassifier:
 
         self.check_ready(kwargs.get("description"))  # before decoding the image or running SAM
         return segment_image(self, as_image(image), mode=mode, **kwargs)
+
+
+def _single_args_unused(mask: Any, box: Any, description: Any, prompts: dict[str, Any]) -> None:
+    """``predict([...])`` takes per-image lists; the one-image arguments would be ambiguous there."""
+    given = [name for name, v in (("mask", mask), ("box", box), ("description", description)) if v is not None]
+    if given:
+        plural = {"mask": "masks", "box": "boxes", "description": "descriptions"}
+        raise ValueError(f"predict([...]) with a list of images takes {', '.join(plural[g] + '=' for g in given)} "
+                         f"(one entry per image), not {', '.join(g + '=' for g in given)}")
+    if prompts:
+        raise ValueError(f"region prompts ({', '.join(sorted(prompts))}=) take one image: call "
+                         "predict(image, ...) for each image")
+
+
+def _per_image(values: Any, name: str, n: int) -> list[Any]:
+    """A ``masks=`` / ``boxes=`` / ``descriptions=`` list checked against ``n`` images (None: n Nones)."""
+    if values is None:
+        return [None] * n
+    if not isinstance(values, (list, tuple)):
+        raise ValueError(f"predict: {name}= must be a list with one entry per image (None for none), "
+                         f"got {type(values).__name__}")
+    if len(values) != n:
+        raise ValueError(f"predict: {name}= has {len(values)} entries for {n} images; give one per image "
+                         "(None where an image has none)")
+    return list(values)
 
 
 def _in_taxonomy_order(taxonomy: Taxonomy, names: Iterable[str]) -> list[str]:

@@ -165,6 +165,18 @@ def create_app(model_or_path: Any, settings: ServeSettings | None = None, name: 
             raise ApiError(422, "invalid_request", f"classes: {e}") from e
         return parsed
 
+    def request_description(description: str | None) -> str | None:
+        """The request's language-stream text (else the server's ``--description``); 422 with the fix before
+        any work when the model cannot describe a photo itself (``config.needs_description``)."""
+        from fmmc.model.config import description_fix
+
+        text = description if description is not None else settings.description
+        if text is None and model.config.needs_description:
+            raise ApiError(422, "description_required", description_fix(
+                "the form field 'description' (or start the server with --description TEXT)",
+                "`fmmc serve MODEL --describer SPEC`"))
+        return text
+
     # ----- classify -----
     @app.post("/v1/classify", response_model=ClassifyResponse, dependencies=auth, responses=_ERRORS,
               summary="Classify the material of a region (mask, point, box, object name) or the whole image")
@@ -202,6 +214,7 @@ def create_app(model_or_path: Any, settings: ServeSettings | None = None, name: 
         if mask is not None and prompts:
             raise ApiError(422, "bad_prompt", "give one region: a mask file, or point/box, or object, not several")
         names_subset = parsed_classes(classes)  # unknown names: 422 before any work
+        description = request_description(description)
         data = await image.read()
         mask_data = await mask.read() if mask is not None else None
         image_name = image.filename or "image"
@@ -256,6 +269,7 @@ def create_app(model_or_path: Any, settings: ServeSettings | None = None, name: 
             raise ApiError(422, "invalid_request", f"points_per_side={pps} is over this server's limit of "
                                                    f"{settings.max_points_per_side}")
         chosen_classes = parsed_classes(classes)
+        description = request_description(description)
         data = await image.read()
         image_name = image.filename or "image"
         chosen = mode or settings.segment_mode

@@ -33,6 +33,7 @@ class ServeSettings:
     stability_thresh: float = 0.9
     preload: bool = False  # build the segmenter/grounder at start-up instead of on first use
     model_overrides: dict[str, Any] = field(default_factory=dict)  # passed to from_pretrained (segmenter=...)
+    description: str | None = None  # language-stream text of requests that send no `description` field
 
     def __post_init__(self) -> None:
         if self.max_upload_mb <= 0 or self.max_pixels <= 0 or self.timeout <= 0:

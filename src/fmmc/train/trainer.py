@@ -26,7 +26,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from fmmc.core.config import save_config
-from fmmc.data.dataset import load_dataset, split_regions
+from fmmc.data.dataset import DatasetError, load_dataset, split_regions
 from fmmc.data.records import Region
 from fmmc.model.head import MaterialHead, fit_temperature
 from fmmc.taxonomy import Taxonomy, load_taxonomy
@@ -42,14 +42,33 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def load_training_data(spec: str) -> list[Region]:
+    """The regions of ``data=`` / ``val_data=``: a dataset folder (metadata.jsonl), or ``folder:DIR`` with options
+    (``folder:DIR?map=fmd``), read as ``fmmc eval --data folder:DIR`` reads it: every image under
+    ``DIR/<class>/`` is one whole-image region labelled by its folder."""
+    if not str(spec).startswith("folder:"):
+        return load_dataset(spec)
+    from fmmc.data.readers.folder import load_folder
+    from fmmc.data.readers.spec import parse_data_spec
+
+    ds = parse_data_spec(str(spec))
+    ts = load_folder(ds.path, **ds.options)  # type: ignore[arg-type]
+    for note in ts.notes:
+        log.warning("%s: %s", spec, note)
+    if not ts.regions:
+        raise DatasetError(f"{spec}: no images in its class folders; expected {ds.path}/<class>/*.jpg")
+    return ts.regions
+
+
 def split_for_training(cfg: TrainConfig) -> tuple[list[Region], list[Region]]:
     """(train, val) regions following cfg: val_data, else `split` fields (normalised when read: train, val,
     test), else a seeded split stratified by label that keeps each image (and each ``group``) on one side."""
     if not cfg.data:
-        raise ValueError("no training data: pass --data DATASET (a folder with metadata.jsonl)")
-    regions = [r for r in load_dataset(cfg.data) if r.split != "test"]
+        raise ValueError("no training data: pass --data DATASET (a folder with metadata.jsonl) or --data "
+                         "folder:DIR (DIR/<class>/*.jpg)")
+    regions = [r for r in load_training_data(cfg.data) if r.split != "test"]
     if cfg.val_data:
-        val = [r for r in load_dataset(cfg.val_data) if r.split not in ("test", "train")]
+        val = [r for r in load_training_data(cfg.val_data) if r.split not in ("test", "train")]
         train = regions
     elif any(r.split == "val" for r in regions):
         val = [r for r in regions if r.split == "val"]
@@ -78,6 +97,38 @@ def label_indices(regions: list[Region], taxonomy: Taxonomy, where: str) -> torc
     return torch.tensor([taxonomy.index(r.label) for r in regions], dtype=torch.long)  # type: ignore[arg-type]
 
 
+INFERENCE_NOTE = ("describer=metadata: the language stream learns from the dataset's 'description' fields, and a "
+                  "new photo has none, so predicting with this model needs a description (--description TEXT) or a "
+                  "describer that can describe a photo (--describer openai:gpt-4o-mini, hf:<local VLM> or none); "
+                  "to train one that describes photos itself, pass describer=openai:gpt-4o-mini or hf:<local VLM> "
+                  "(or describer=none / streams=vision)")
+
+
+def check_descriptions(cfg: TrainConfig, regions: list[Region]) -> tuple[TrainConfig, list[str]]:
+    """What the ``metadata`` describer can read from ``regions``: ``(cfg, notes)``. Every region described:
+    cfg as is and a note that a new photo has no dataset description; none described: the vision stream
+    only (``streams=vision``); some described: ValueError naming how many lack one and the first."""
+    from fmmc.model.config import DATASET_DESCRIBERS
+
+    if cfg.streams == "vision" or cfg.describer not in DATASET_DESCRIBERS:
+        return cfg, []
+    missing = [r for r in regions if r.description is None]
+    where = cfg.data + (f" + {cfg.val_data}" if cfg.val_data else "")
+    if missing and (len(missing) < len(regions) or cfg.streams == "language"):
+        raise ValueError(
+            f"{where}: {len(missing)} of {len(regions)} regions have no 'description' (first: {missing[0].id!r}), and "
+            f"describer={cfg.describer} reads each region's text from its line: add a 'description' to every line "
+            "of metadata.jsonl, or let a describer write them (describer=openai:gpt-4o-mini or hf:<local VLM>), "
+            "or train without the language stream (streams=vision)")
+    if missing:
+        note = (f"{where}: no region has a 'description' for describer={cfg.describer}: training the vision stream "
+                "only (streams=vision); add descriptions or pass describer=openai:gpt-4o-mini to train both")
+        log.warning(note)
+        return replace(cfg, streams="vision"), [note]
+    log.warning(INFERENCE_NOTE)
+    return cfg, [INFERENCE_NOTE]
+
+
 def _class_weights(y: torch.Tensor, k: int) -> torch.Tensor:
     counts = torch.bincount(y, minlength=k).float()
     w = torch.where(counts > 0, counts.sum() / (k * counts.clamp_min(1)), torch.zeros_like(counts))
@@ -100,6 +151,9 @@ def train(cfg: TrainConfig) -> Path:
     label_indices(val_regions, taxonomy, f"{cfg.val_data or cfg.data} (val)")
     if not train_regions:
         raise ValueError(f"{cfg.data}: no training regions (all are split=test?)")
+    cfg, notes = check_descriptions(cfg, train_regions + val_regions)
+    if notes and cfg.streams == "vision":
+        save_config(cfg, out / "train_config.yaml")  # the streams actually trained
     log.info("training on %d regions, validating on %d", len(train_regions), len(val_regions))
 
     encoder = build_encoder(cfg.streams, cfg.feature_spec(), cfg.text_encoder, cfg.describer, device=cfg.device,
@@ -118,6 +172,9 @@ def train(cfg: TrainConfig) -> Path:
                                           trained_classes=[str(r.label) for r in train_regions])
     model.save_pretrained(out / "model", include_backbone=cfg.mode == "full")
     summary["seconds"] = round(time.time() - t0, 1)
+    summary["streams"] = cfg.streams
+    if notes:
+        summary["notes"] = notes
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     if summary["failures"]:
         (out / "failures.txt").write_text("".join(f"{i}\t{m}\n" for i, m in summary["failures"]))

@@ -8,6 +8,8 @@ const state = {
   blob: null, name: "photo", w: 0, h: 0, tool: "point", colors: {}, token: sessionStorage.getItem("fmmc-token") || "",
   map: null, // {labels: Uint8Array-like, conf, legend, classes}
   busy: false, drag: null,
+  avail: { segmenter: { available: true }, grounder: { available: true } }, // from /v1/model
+  modeSet: false, // the map mode was set from the server's default once
 };
 
 // ---------- status + errors ----------
@@ -16,9 +18,18 @@ function setStatus(text, kind = "") {
   el.textContent = text;
   el.className = kind;
 }
-function showError(message) {
+// titles for the API's error codes ({"error": {"code", "message"}}); the message itself is always shown
+const ERROR_TITLES = {
+  bad_image: "Cannot read the image", bad_request: "Bad request", bad_prompt: "Check the selection",
+  invalid_request: "Invalid request", not_found: "Not found", component_unavailable: "Component not available here",
+  busy: "Server busy", timeout: "Timed out", unauthorized: "Access token needed", too_large: "Upload too large",
+  image_too_large: "Image too large", unsupported_media_type: "Not an image", internal: "Server error",
+  unreachable: "Cannot reach the server", no_photo: "No photo yet", needs_sam: "Drag a box instead",
+  client: "Cannot do that",
+};
+function showError(message, code = "client") {
   setStatus("error", "error");
-  $("result-title").textContent = "Something went wrong";
+  $("result-title").textContent = ERROR_TITLES[code] || `Request failed (${code})`;
   $("result-body").innerHTML = "";
   const box = document.createElement("div");
   box.className = "error-box";
@@ -34,15 +45,20 @@ async function api(path, form) {
   try {
     resp = await fetch(path, form ? { method: "POST", body: form, headers } : { headers });
   } catch (e) {
-    throw new Error("cannot reach the server: " + e.message);
+    const err = new Error(`cannot reach the server (${e.message}); check that fmmc serve is still running`);
+    err.code = "unreachable";
+    throw err;
   }
   let body = null;
   try { body = await resp.json(); } catch (e) { body = null; }
   if (!resp.ok) {
     if (resp.status === 401) $("token-box").hidden = false;
-    const msg = body && body.error ? body.error.message : `HTTP ${resp.status}`;
-    const err = new Error(msg);
+    const known = body && body.error && body.error.message;
+    const http = ["HTTP", resp.status, resp.statusText].filter(Boolean).join(" ");
+    const err = new Error(known ? body.error.message
+      : `the server answered ${http} without an error message; check the server log`);
     err.status = resp.status;
+    err.code = known ? body.error.code || "error" : (resp.status === 401 ? "unauthorized" : "error");
     throw err;
   }
   return body;
@@ -53,22 +69,87 @@ async function loadModelInfo() {
     const info = await api("/v1/model");
     $("model-name").textContent = info.name;
     for (const c of info.taxonomy.classes) state.colors[c.name] = c.color;
-    if (!info.segment_modes.includes("grid")) $("map-mode").querySelector('[value="grid"]').disabled = true;
-    $("map-mode").value = info.limits.segment_mode || "sam";
+    applyAvailability(info);
     $("token-box").hidden = true;
   } catch (e) {
-    if (e.status !== 401) showError(e.message);
+    if (e.status !== 401) showError(e.message, e.code);
   }
+}
+
+// ---------- what can run here (the server's /v1/model "availability") ----------
+function markUnavailable(el, reason) {
+  // a control that needs a component this server cannot load: disabled, with the reason as its tooltip
+  if (!el.dataset.title0) el.dataset.title0 = el.getAttribute("title") || "";
+  if (reason) {
+    el.dataset.unavailable = reason;
+    el.title = "unavailable: " + reason;
+    el.setAttribute("aria-describedby", "avail-note");
+  } else {
+    delete el.dataset.unavailable;
+    el.title = el.dataset.title0;
+    el.removeAttribute("aria-describedby");
+  }
+}
+
+function refreshControls() {
+  // busy: every button waits; unavailable controls stay off either way
+  document.querySelectorAll("#toolbar button, #toolbar input, #toolbar option").forEach((el) => {
+    if (el.id === "file") return;
+    el.disabled = Boolean(el.dataset.unavailable) || (state.busy && el.tagName === "BUTTON");
+  });
+  $("refine-label").classList.toggle("unavailable", Boolean($("refine").dataset.unavailable));
+}
+
+function applyAvailability(info) {
+  const av = info.availability || {};
+  const seg = av.segmenter || { available: true };
+  const grd = av.grounder || { available: true };
+  state.avail = { segmenter: seg, grounder: grd };
+  const gridOk = info.segment_modes.includes("grid");
+  const why = (c, name) => (c.available ? "" : `${name} (${c.spec}) cannot load here: ${c.reason}`);
+  const segWhy = why(seg, "SAM");
+  const objWhy = segWhy || why(grd, "Grounding DINO");
+  markUnavailable(document.querySelector('.tool[data-tool="point"]'), segWhy);
+  markUnavailable($("refine"), segWhy);
+  markUnavailable($("refine-label"), segWhy);
+  markUnavailable($("object"), objWhy);
+  markUnavailable($("find"), objWhy);
+  const samOpt = $("map-mode").querySelector('[value="sam"]');
+  markUnavailable(samOpt, segWhy);
+  markUnavailable($("map-mode").querySelector('[value="grid"]'), gridOk ? "" : "this model's language stream needs a describer per region; use SAM regions");
+  markUnavailable($("whole"), segWhy && !gridOk ? segWhy : "");
+  if (segWhy) {
+    // start on what works: the box tool (the box itself is the region) and the fast grid map
+    setTool("box");
+    $("refine").checked = false;
+    if (gridOk) $("map-mode").value = "grid";
+  } else if (!state.modeSet) {
+    $("map-mode").value = gridOk ? info.limits.segment_mode || "sam" : "sam";
+  }
+  state.modeSet = true;
+  refreshControls();
+
+  const note = $("avail-note");
+  const parts = [];
+  if (segWhy) {
+    parts.push(`SAM is not available, so Point, SAM in box, object names and SAM regions are off: ${seg.reason}.`);
+    parts.push(gridOk ? "Drag a box to classify it, or map the whole image with the fast grid."
+      : "Drag a box to classify it.");
+  } else if (objWhy) {
+    parts.push(`Grounding DINO is not available, so object names are off: ${grd.reason}.`);
+  }
+  note.textContent = parts.join(" ").replace(/\.\./g, ".");
+  note.hidden = parts.length === 0;
 }
 
 // ---------- loading a photo ----------
 async function openFile(file) {
   if (!file) return;
-  if (file.type && !file.type.startsWith("image/")) { showError(`${file.name} is not an image (${file.type})`); return; }
+  if (file.type && !file.type.startsWith("image/")) { showError(`${file.name} is not an image (${file.type}); open a JPEG, PNG or WebP photo`, "unsupported_media_type"); return; }
   const url = URL.createObjectURL(file);
   const img = new Image();
   img.src = url;
-  try { await img.decode(); } catch (e) { URL.revokeObjectURL(url); showError(`cannot read ${file.name} as an image`); return; }
+  try { await img.decode(); } catch (e) { URL.revokeObjectURL(url); showError(`cannot read ${file.name} as an image; is the file complete? Try another photo`, "bad_image"); return; }
   let w = img.naturalWidth, h = img.naturalHeight;
   const scale = Math.min(1, MAX_SIDE / Math.max(w, h));
   w = Math.max(1, Math.round(w * scale)); h = Math.max(1, Math.round(h * scale));
@@ -202,17 +283,20 @@ function renderLegend(legend) {
 
 // ---------- actions ----------
 async function run(label, fn) {
-  if (!state.blob) { showError("open a photo first"); return; }
+  if (!state.blob) { showError("open a photo first (Open photo… or drop one on the stage)", "no_photo"); return; }
   if (state.busy) return;
   state.busy = true;
   setStatus(label, "busy");
-  document.querySelectorAll("#toolbar button").forEach((b) => (b.disabled = true));
+  refreshControls();
+  let failed = null;
   try { await fn(); }
-  catch (e) { showError(e.message); }
+  catch (e) { failed = e; showError(e.message, e.code); }
   finally {
     state.busy = false;
-    document.querySelectorAll("#toolbar button").forEach((b) => (b.disabled = false));
+    refreshControls();
   }
+  // a component that just failed to load: ask the server again, so the page offers only what works
+  if (failed && failed.code === "component_unavailable") await loadModelInfo();
 }
 
 function classify(prompt) {
@@ -312,11 +396,14 @@ function onUp(ev) {
   const moved = state.drag.moved;
   state.drag = null;
   if (state.tool === "box" && moved) classify({ box: [Math.min(x0, x), Math.min(y0, y), Math.max(x0, x), Math.max(y0, y)] });
+  else if (!state.avail.segmenter.available) showError("drag a box: classifying a clicked point needs SAM, which cannot load here (" + state.avail.segmenter.reason + ")", "needs_sam");
   else classify({ point: [x, y] });
 }
 
 // ---------- wiring ----------
 function setTool(tool) {
+  const button = document.querySelector(`.tool[data-tool="${tool}"]`);
+  if (button && button.dataset.unavailable) return;
   state.tool = tool;
   document.querySelectorAll(".tool").forEach((b) => {
     const on = b.dataset.tool === tool;
@@ -344,7 +431,7 @@ function init() {
   $("object-form").addEventListener("submit", (e) => {
     e.preventDefault();
     const name = $("object").value.trim();
-    if (name) classify({ object: name });
+    if (name && !$("find").dataset.unavailable) classify({ object: name });
   });
   $("whole").addEventListener("click", segmentWhole);
   window.addEventListener("resize", fitPhoto);
