@@ -212,3 +212,12 @@ def test_convert_copy_and_bad_spec(photos, tmp_path, capsys):
     assert main(["validate", str(out)]) == 0
     assert main(["convert", str(photos), str(tmp_path / "x")]) == 1
     assert "folder:" in capsys.readouterr().err
+
+
+def test_serve_device_reaches_from_pretrained():
+    from fmmc.cli.main import build_parser
+    from fmmc.cli.serve_cmd import settings_from_args
+
+    parser = build_parser()
+    assert settings_from_args(parser.parse_args(["serve", "m", "--device", "auto"])).model_overrides == {"device": "auto"}
+    assert "device" not in settings_from_args(parser.parse_args(["serve", "m"])).model_overrides  # cpu default

@@ -40,7 +40,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                                        "hf:<local VLM>, none)")
     p.add_argument("--description", help="language-stream text for requests that send no 'description' field")
     p.add_argument("--preload", action="store_true", help="load the segmenter and grounder at start-up")
-    p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N, mps, or auto (cuda, else mps, else cpu)")
+    p.add_argument("--device", help="cpu (default), cuda, cuda:N, mps, or auto (cuda, else mps, else cpu)")
     p.set_defaults(func=run)
 
 
@@ -48,7 +48,8 @@ def settings_from_args(args: argparse.Namespace) -> object:
     from fmmc.serve.settings import ServeSettings
 
     overrides = {k: getattr(args, k) for k in ("segmenter", "grounder", "describer") if getattr(args, k)}
-    overrides["device"] = args.device  # from_pretrained(device=...): resolved (and refused clearly) there
+    if args.device:  # from_pretrained(device=...): resolved (and refused in one line) there
+        overrides["device"] = args.device
     return ServeSettings(host=args.host, port=args.port, token=args.token or None, max_upload_mb=args.max_upload_mb,
                          max_pixels=args.max_pixels, timeout=args.timeout, max_concurrency=args.max_concurrency,
                          max_queue=args.max_queue, batch_window_ms=args.batch_window_ms, max_batch=args.max_batch,
