@@ -53,7 +53,53 @@ def build_parser() -> argparse.ArgumentParser:
     for name, command in sub.choices.items():
         if name in MODEL_COMMANDS:
             _add_threads(command)
+        _add_verbose(command)
     return parser
+
+
+def _add_verbose(parser: argparse.ArgumentParser) -> None:
+    """``-v`` after the command too (SUPPRESS keeps a count given before it)."""
+    parser.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS,
+                        help="more logging (-v info, -vv debug)")
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for stage in action.choices.values():
+                _add_verbose(stage)
+
+
+# options whose value may start with "-" (a box partly left of or above the image: --box -50,-50,10,10)
+NUMERIC_LIST_OPTIONS = ("--box", "--point")
+
+
+def _join_numeric_values(argv: list[str]) -> list[str]:
+    """``--box -50,-50,10,10`` -> ``--box=-50,-50,10,10``: argparse would take ``-50,...`` for an option."""
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        a = argv[i]
+        if a in NUMERIC_LIST_OPTIONS and i + 1 < len(argv) and argv[i + 1][:1] == "-" and argv[i + 1][1:2].isdigit():
+            out.append(f"{a}={argv[i + 1]}")
+            i += 2
+            continue
+        out.append(a)
+        i += 1
+    return out
+
+
+def _quiet_downloads() -> None:
+    """No hub/transformers progress bars (``--quiet``): they are not fmmc's and would clutter the output."""
+    try:
+        from huggingface_hub.utils import disable_progress_bars
+
+        disable_progress_bars()
+    except ImportError:  # pragma: no cover
+        pass
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+    except ImportError:  # pragma: no cover
+        pass
 
 
 def _add_threads(parser: argparse.ArgumentParser) -> None:
@@ -77,7 +123,9 @@ class CLIError(Exception):
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(_join_numeric_values(list(sys.argv[1:] if argv is None else argv)))
+    if getattr(args, "quiet", False):
+        _quiet_downloads()
     level = logging.WARNING - 10 * min(args.verbose, 2)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     if not getattr(args, "func", None):
@@ -92,11 +140,25 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted; finished work is kept and the command resumes where it stopped", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `fmmc predict ... | head`: the reader left; not an error of ours
+        _silence_stdout()
+        return 0
     except (CLIError, ValueError, FileNotFoundError, ImportError, RuntimeError) as e:
         if args.verbose >= 2:
             raise
         print(f"fmmc {args.command}: error: {e}", file=sys.stderr)
         return 1
+
+
+def _silence_stdout() -> None:
+    """After a broken pipe, point stdout at /dev/null so Python's exit-time flush raises nothing."""
+    import os
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # pragma: no cover - stdout without a file descriptor (tests)
+        pass
 
 
 def entry() -> None:

@@ -17,6 +17,18 @@ from pathlib import Path
 
 from fmmc.core.paths import IMAGE_EXTS
 
+OUT_SUFFIXES = (".jsonl", ".json", ".csv")
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from e
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {value}")
+    return value
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("predict", help="classify the material of a region, an image, a folder or a dataset")
@@ -37,7 +49,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                                        "hf:<local VLM>, none)")
     p.add_argument("--classes", help="comma-separated class names to choose from, or 'all' for the whole taxonomy "
                                      "(default: the classes the model was trained on)")
-    p.add_argument("--top-k", type=int, default=5)
+    p.add_argument("--top-k", type=positive_int, default=5, help="classes per prediction (>= 1; default 5)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--out", help="output file for folders/datasets (.jsonl or .csv); default stdout JSONL")
     p.add_argument("--save-mask", help="write the region mask used (for --point/--object) to this PNG")
@@ -98,10 +110,23 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_batch_args(src: Path, args: argparse.Namespace) -> None:
+    """Options that cannot apply to a folder, and an output we would not write, are refused before any work."""
+    one_image = [f"--{n.replace('_', '-')}" for n in ("mask", "box", "point", "object", "save_mask", "refine")
+                 if getattr(args, n, None)]
+    if one_image:
+        raise ValueError(f"{', '.join(one_image)} applies to one image, and {src} is a folder: give per-image regions "
+                         "in a metadata.jsonl (mask_file_name or box per line; `fmmc convert` writes one), or predict "
+                         "one image at a time")
+    if args.out and Path(args.out).suffix.lower() not in OUT_SUFFIXES:
+        raise ValueError(f"--out {args.out}: use a {', '.join(OUT_SUFFIXES)} file (JSON lines, or CSV)")
+
+
 def _batch(model, src: Path, classes, args: argparse.Namespace) -> int:
     from fmmc.data.dataset import load_dataset
     from fmmc.data.records import Region
 
+    _check_batch_args(src, args)
     if (src / "metadata.jsonl").is_file():
         regions = load_dataset(src)
     else:
@@ -118,7 +143,7 @@ def _batch(model, src: Path, classes, args: argparse.Namespace) -> int:
     rows = [dict(p.to_json(args.top_k), **({"true_label": r.label} if r.label else {}))
             for r, p in zip(regions, preds) if p is not None]
     out = Path(args.out) if args.out else None
-    if out is not None and out.suffix == ".csv":
+    if out is not None and out.suffix.lower() == ".csv":
         with open(out, "w", newline="") as f:
             w = csv.writer(f)
             w.writerow(["id", "label", "confidence", "top"])

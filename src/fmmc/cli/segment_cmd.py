@@ -16,6 +16,7 @@ import json
 import sys
 from pathlib import Path
 
+from fmmc.cli.predict_cmd import positive_int
 from fmmc.core.paths import IMAGE_EXTS
 
 
@@ -35,7 +36,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--description", help="language-stream text for every region of every image (two-stream models)")
     p.add_argument("--describer", help="describer spec overriding the model's (e.g. openai:gpt-4o-mini, "
                                        "hf:<local VLM>, none)")
-    p.add_argument("--top-k", type=int, default=5)
+    p.add_argument("--top-k", type=positive_int, default=5, help="classes per region (>= 1; default 5)")
     p.add_argument("--segmenter", help="segmenter spec (default: the model's, else hf:facebook/sam-vit-base)")
     p.add_argument("--eval-dms", metavar="DIR", help="evaluate maps against DMS label maps under DIR")
     p.add_argument("--split", help="with --eval-dms: the split DIR/labels/<split> (train, validation, test; "

@@ -167,9 +167,7 @@ class MaterialClassifier:
         from fmmc.core.device import resolve_device
 
         device = resolve_device(device)  # before any file is read: a wrong device fails first, in one line
-        path = Path(source).expanduser()
-        if not path.is_dir():
-            path = _download(str(source))
+        path = model_dir(source)
         cfg_file = path / CONFIG_NAME
         if not cfg_file.is_file():
             raise ValueError(f"{path} is not an fmmc model: no {CONFIG_NAME} (train one with `fmmc train`)")
@@ -444,6 +442,25 @@ def _per_image(values: Any, name: str, n: int) -> list[Any]:
 
 def _in_taxonomy_order(taxonomy: Taxonomy, names: Iterable[str]) -> list[str]:
     return [taxonomy.names[i] for i in sorted(set(taxonomy.subset(list(names))))]
+
+
+def model_dir(source: str | Path) -> Path:
+    """The directory holding a model's ``config.json``: ``source`` itself, ``source/model`` (the run folder
+    ``fmmc train --out`` writes), or a hub repo id (downloaded). A path that does not exist is reported as a
+    missing directory, not sent to the hub."""
+    path = Path(source).expanduser()
+    if path.is_dir():
+        if not (path / CONFIG_NAME).is_file() and (path / "model" / CONFIG_NAME).is_file():
+            log.info("%s is a training run: using its model, %s", path, path / "model")
+            return path / "model"
+        return path
+    text = str(source)
+    looks_local = (text.startswith((".", "/", "~")) or "\\" in text or text.count("/") != 1
+                   or path.parent.is_dir() and path.parent != Path("."))
+    if looks_local:
+        raise ValueError(f"{source}: no such model directory (train one with `fmmc train --out DIR`, then pass "
+                         "DIR or DIR/model; a hub model is named org/name)")
+    return _download(text)
 
 
 def _download(repo_id: str) -> Path:

@@ -1,0 +1,83 @@
+"""The CLI's small edges (issue 10, point 8): each answered in one line, before any work."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from fixtures_serve import tiny_model_dir
+from PIL import Image
+
+from fmmc.cli.main import main
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    return tiny_model_dir(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def photo(tmp_path_factory):
+    d = tmp_path_factory.mktemp("photos")
+    for i in range(3):
+        Image.fromarray(np.random.default_rng(i).integers(0, 255, (64, 80, 3), dtype=np.uint8)).save(d / f"p{i}.png")
+    return d
+
+
+def test_top_k_must_be_positive(model_dir, photo, capsys):
+    for k in ("0", "-1"):
+        with pytest.raises(SystemExit) as e:
+            main(["predict", str(model_dir), str(photo / "p0.png"), "--top-k", k])
+        assert e.value.code == 2 and "expected a whole number >= 1" in capsys.readouterr().err
+
+
+def test_box_with_negative_numbers_parses_and_is_clipped(model_dir, photo, capsys):
+    assert main(["predict", str(model_dir), str(photo / "p0.png"), "--box", "-50,-50,10,10", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["mask"]["bbox"] == [0, 0, 10, 10]
+
+
+def test_folder_refuses_one_image_options_and_unknown_out(model_dir, photo, tmp_path, capsys):
+    assert main(["predict", str(model_dir), str(photo), "--box", "0,0,5,5"]) == 1
+    assert "--box applies to one image" in capsys.readouterr().err
+    assert main(["predict", str(model_dir), str(photo), "--mask", str(photo / "p0.png")]) == 1
+    assert "--mask applies to one image" in capsys.readouterr().err
+    assert main(["predict", str(model_dir), str(photo), "--out", str(tmp_path / "preds.txt")]) == 1
+    assert "use a .jsonl, .json, .csv file" in capsys.readouterr().err
+    assert not (tmp_path / "preds.txt").exists()
+
+
+def test_run_folder_and_missing_directory(model_dir, photo, tmp_path, capsys):
+    run = model_dir.parent  # the folder `fmmc train --out` wrote: holds model/
+    assert main(["predict", str(run), str(photo / "p0.png"), "--json"]) == 0
+    capsys.readouterr()
+    assert main(["predict", str(tmp_path / "no" / "such" / "model"), str(photo / "p0.png")]) == 1
+    err = capsys.readouterr().err
+    assert "no such model directory" in err and "hub" not in err.split("(")[0]
+
+
+def test_verbose_after_the_command(model_dir, photo, capsys):
+    assert main(["predict", str(model_dir), str(photo / "p0.png"), "-v"]) == 0
+
+
+def test_broken_pipe_is_not_a_traceback(model_dir, photo):
+    code = (f"import sys; sys.argv=['fmmc','predict',{str(model_dir)!r},{str(photo)!r},'--quiet']; "
+            "from fmmc.cli.main import entry; entry()")
+    proc = subprocess.run(f"{sys.executable} -c \"{code}\" | true", shell=True, capture_output=True, text=True,
+                          timeout=300)
+    assert "Traceback" not in proc.stderr and "BrokenPipe" not in proc.stderr, proc.stderr
+
+
+def test_quiet_silences_hub_and_transformers_bars(model_dir, photo, tmp_path):
+    from huggingface_hub.utils import are_progress_bars_disabled, enable_progress_bars
+    from transformers.utils import logging as hf_logging
+
+    try:
+        assert main(["predict", str(model_dir), str(photo), "--out", str(tmp_path / "p.jsonl"), "--quiet"]) == 0
+        assert are_progress_bars_disabled() and not hf_logging.is_progress_bar_enabled()
+    finally:
+        enable_progress_bars()
+        hf_logging.enable_progress_bar()
