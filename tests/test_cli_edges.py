@@ -81,3 +81,10 @@ def test_quiet_silences_hub_and_transformers_bars(model_dir, photo, tmp_path):
     finally:
         enable_progress_bars()
         hf_logging.enable_progress_bar()
+
+
+def test_train_on_an_absent_gpu_is_one_line(tiny_dataset, tmp_path, capsys):
+    code = main(["train", "--data", str(tiny_dataset), "--out", str(tmp_path / "r"), "backbone=builtin:efficientnet-lite0",
+                 "streams=vision", "image_size=64", "epochs=1", "device=cuda", "progress=false"])
+    err = capsys.readouterr().err
+    assert code == 1 and "requested but" in err and "--device cpu" in err and "Traceback" not in err

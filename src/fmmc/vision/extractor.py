@@ -25,6 +25,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
+from fmmc.core.device import resolve_device
 from fmmc.data.imageio import ImageError, file_sha256
 from fmmc.data.records import Region
 from fmmc.data.regions import DECODE_RULE, MASK_RULE, load_region, region_threshold
@@ -100,7 +101,7 @@ class FeatureExtractor:
         """
         if dtype not in DTYPES:
             raise ValueError(f"dtype {dtype!r}: choose one of {list(DTYPES)}")
-        self.device = torch.device(device)
+        self.device = torch.device(resolve_device(device))  # "auto", and a clear error for an absent GPU
         self.backbone = backbone.to(self.device)
         if channels_last is None:
             channels_last = sum(isinstance(m, torch.nn.Conv2d) for m in backbone.modules()) > 1
