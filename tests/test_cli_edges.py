@@ -88,3 +88,13 @@ def test_train_on_an_absent_gpu_is_one_line(tiny_dataset, tmp_path, capsys):
                  "streams=vision", "image_size=64", "epochs=1", "device=cuda", "progress=false"])
     err = capsys.readouterr().err
     assert code == 1 and "requested but" in err and "--device cpu" in err and "Traceback" not in err
+
+
+def test_overrides_between_options_and_unknown_tokens(capsys):
+    from fmmc.cli.main import _parse, build_parser
+
+    args = _parse(build_parser(), ["train", "--data", "d", "lr=1e-3", "--out", "r", "epochs=5"])
+    assert args.overrides == ["lr=1e-3", "epochs=5"] and args.out == "r"
+    with pytest.raises(SystemExit):
+        _parse(build_parser(), ["train", "--data", "d", "stray"])
+    assert "unrecognized arguments: stray" in capsys.readouterr().err

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import re
 import sys
 
 # (module under fmmc.cli) in the order `fmmc --help` lists them
@@ -86,6 +87,21 @@ def _join_numeric_values(argv: list[str]) -> list[str]:
     return out
 
 
+_OVERRIDE = re.compile(r"^[A-Za-z_][\w.]*=")
+
+
+def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
+    """Parse ``argv``; ``key=value`` overrides may stand anywhere after the command, between its options
+    (``fmmc train --data d lr=1e-3 --out r epochs=5``), not only together at the end."""
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        if isinstance(getattr(args, "overrides", None), list) and all(_OVERRIDE.match(t) for t in extra):
+            args.overrides.extend(extra)
+        else:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
 def _quiet_downloads() -> None:
     """No hub/transformers progress bars (``--quiet``): they are not fmmc's and would clutter the output."""
     try:
@@ -123,7 +139,7 @@ class CLIError(Exception):
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(_join_numeric_values(list(sys.argv[1:] if argv is None else argv)))
+    args = _parse(parser, _join_numeric_values(list(sys.argv[1:] if argv is None else argv)))
     if getattr(args, "quiet", False):
         _quiet_downloads()
     level = logging.WARNING - 10 * min(args.verbose, 2)
