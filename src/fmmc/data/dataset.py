@@ -20,7 +20,7 @@ from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
 
-from fmmc.data.records import KNOWN_KEYS, SPLITS, Region, normalize_split, split_error
+from fmmc.data.records import KNOWN_KEYS, Region, normalize_split, split_error
 
 METADATA = "metadata.jsonl"
 
@@ -62,20 +62,22 @@ def parse_line(obj: object, root: Path, where: str) -> Region:
         mask=(root / mask) if mask else None,
         label=obj.get("label"),
         description=obj.get("description"),
-        split=_split_of(obj.get("split"), where),
+        split=checked_split(obj.get("split"), where),
         id=obj.get("id") or (f"{fn}:{mask}" if mask else fn),
         box=box,
         extra={k: v for k, v in obj.items() if k not in KNOWN_KEYS},
     )
 
 
-def _split_of(value: str | None, where: str) -> str | None:
-    """A line's ``split``, normalised (see :func:`fmmc.data.records.normalize_split`); a typo is an error."""
+def checked_split(value: str | None, where: str, asked: bool = False) -> str | None:
+    """A split normalised (see :func:`fmmc.data.records.normalize_split`); a typo is an error. ``asked``: the
+    value is a split asked for (``load_dataset(split=)``, ``--split``), not a line's."""
     if value is None:
         return None
     split = normalize_split(value)
     if split is None:
-        raise DatasetError(f"{where}: {split_error(value)}")
+        raise DatasetError(f"{where}: no split {value!r}: ask for one of {', '.join(SPLITS)} (or none, for all)"
+                           if asked else f"{where}: {split_error(value)}")
     return split
 
 
@@ -96,7 +98,7 @@ def load_dataset(root: str | Path, split: str | None = None) -> list[Region]:
     """All regions of the dataset at ``root`` (optionally one split: train, val or test, normalised as the
     lines' are); the first bad line raises DatasetError."""
     path = metadata_path(root)
-    split = _wanted_split(path, split)
+    split = checked_split(split, str(path), asked=True)
     base = path.parent
     regions = []
     seen: dict[str, int] = {}
@@ -113,15 +115,6 @@ def load_dataset(root: str | Path, split: str | None = None) -> list[Region]:
         if split is None or region.split == split:
             regions.append(region)
     return regions
-
-
-def _wanted_split(path: Path, split: str | None) -> str | None:
-    if split is None:
-        return None
-    wanted = normalize_split(split)
-    if wanted is None:
-        raise DatasetError(f"{path}: no split {split!r}: ask for one of {', '.join(SPLITS)} (or none, for all)")
-    return wanted
 
 
 def write_dataset(root: str | Path, regions: Iterable[Region]) -> Path:

@@ -20,12 +20,9 @@ def load_jsonl(root: str | Path, split: str | None = None, *, cache_dir: str | P
     present = {str(k): v for k, v in splits.items()}
     notes = []
     if split is not None:
-        from fmmc.data.records import normalize_split, split_error
+        from fmmc.data.dataset import checked_split
 
-        wanted = normalize_split(split)
-        if wanted is None:
-            raise DatasetError(f"{metadata_path(root)}: --split {split_error(split)}")
-        split = wanted
+        split = checked_split(split, str(metadata_path(root)), asked=True)
         chosen = [r for r in regions if r.split == split]
         if not chosen:
             raise DatasetError(f"{metadata_path(root)}: no region has split={split!r}; splits present: {present}")
