@@ -20,7 +20,7 @@ from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
 
-from fmmc.data.records import KNOWN_KEYS, Region, normalize_split, split_error
+from fmmc.data.records import KNOWN_KEYS, SPLITS, Region, normalize_split, split_error
 
 METADATA = "metadata.jsonl"
 
