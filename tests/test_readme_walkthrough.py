@@ -32,7 +32,7 @@ def home(tmp_path, monkeypatch):
 
 def test_readme_commands_in_order(home, capsys):
     pytest.importorskip("efficientnet_lite_pytorch")
-    data = write_dataset(home / "my_dataset", n_per_class=6, size=64)
+    write_dataset(home / "my_dataset", n_per_class=6, size=64)
     photos = home / "photos"
     photos.mkdir()
     rng = np.random.default_rng(0)

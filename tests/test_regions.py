@@ -58,7 +58,7 @@ class FakeGrounder:
 
 
 def fake_model(segmenter=None, grounder=None, config=None):
-    model = SimpleNamespace(config=config or {}, _device="cpu")
+    model = SimpleNamespace(config=config or {}, device="cpu", components={})
     if segmenter is not None:
         set_component(model, "segmenter", segmenter)
     if grounder is not None:
@@ -173,7 +173,7 @@ def test_components_come_from_config_and_are_built_once(monkeypatch):
         return object()
 
     monkeypatch.setattr("fmmc.core.registry.build", slow_build)
-    model = SimpleNamespace(config=SimpleNamespace(segmenter="hf:/somewhere/sam"))
+    model = SimpleNamespace(config=SimpleNamespace(segmenter="hf:/somewhere/sam"), components={})
     assert component_spec(model, "segmenter") == "hf:/somewhere/sam"
     assert component_spec(model, "grounder") == "hf:IDEA-Research/grounding-dino-base"
     got = []

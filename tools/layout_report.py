@@ -4,7 +4,8 @@ loops between two files, and private names reached across rooms.
     python tools/layout_report.py            # prints the counts; --edges lists every room -> room arrow
 
 An import counts wherever it appears (module level or inside a function): a lazy import is still a
-dependency. Imports under ``if TYPE_CHECKING:`` are for annotations only and do not count. A private access is ``from fmmc.a import _name`` or ``import``-ing a ``_module`` from another
+dependency. Imports under ``if TYPE_CHECKING:`` are for annotations only and do not count. ``getattr(x,
+"_name")`` and reading another object's ``__dict__`` count as private access too. A private access is ``from fmmc.a import _name`` or ``import``-ing a ``_module`` from another
 room, or ``x._attr`` on an object of another room where ``_attr`` is defined in that room (approximated:
 any ``obj._name`` whose ``_name`` is defined as a method/attribute only in another room).
 """
@@ -86,6 +87,16 @@ def analyse() -> dict:
                             (name.startswith("_") and not name.startswith("__"))
                             or any(p.startswith("_") and not p.startswith("__") for p in full.split("."))):
                         private.append(f"{mod} imports {full}:{name}")
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) \
+                    and node.func.id in ("getattr", "hasattr", "setattr") and len(node.args) >= 2 \
+                    and isinstance(node.args[1], ast.Constant) and isinstance(node.args[1].value, str):
+                name = node.args[1].value
+                owners = defined_private.get(name, set())
+                if name.startswith("_") and not name.startswith("__") and owners and room_of(mod) not in owners:
+                    private.append(f"{mod} {node.func.id}s {name!r} (defined in {sorted(owners)})")
+            if isinstance(node, ast.Attribute) and node.attr == "__dict__" and not (
+                    isinstance(node.value, ast.Name) and node.value.id in ("self", "cls")):
+                private.append(f"{mod} reads another object's __dict__")
             if isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Load) and node.attr.startswith("_") \
                     and not node.attr.startswith("__"):
                 owners = defined_private.get(node.attr, set())

@@ -41,7 +41,6 @@ DEFAULT_TEXT_THRESHOLD = 0.25
 MAX_OBJECT_CHARS = 200
 
 _BUILD_LOCK = threading.Lock()
-_ATTR = "_fmmc_region_components"
 RETRY_FAILED_BUILD_S = 60.0  # a failed segmenter/grounder build is not tried again for this long
 
 
@@ -94,11 +93,11 @@ def get_component(model: Any, kind: str) -> Any:
     A build that fails is remembered for :data:`RETRY_FAILED_BUILD_S` seconds: calls in that time raise the
     same error at once instead of trying (and waiting for) the load again.
     """
-    entry = (model.__dict__.get(_ATTR) or {}).get(kind)
+    entry = _components(model).get(kind)
     if entry is not None and not _expired(entry):
         return _cached_or_raise(entry)
     with _BUILD_LOCK:
-        cache = model.__dict__.setdefault(_ATTR, {})
+        cache = _components(model)
         entry = cache.get(kind)
         if entry is None or _expired(entry):
             try:
@@ -107,6 +106,14 @@ def get_component(model: Any, kind: str) -> Any:
                 cache[kind] = _BuildFailure(e, time.monotonic() + RETRY_FAILED_BUILD_S)
                 raise
         return _cached_or_raise(entry)
+
+
+def _components(model: Any) -> dict[str, Any]:
+    """The model's store of region components (``MaterialClassifier.components``: built, or failed builds)."""
+    store = getattr(model, "components", None)
+    if not isinstance(store, dict):
+        raise TypeError(f"{type(model).__name__} has no `components` dict: region prompts need a MaterialClassifier")
+    return store
 
 
 def _expired(entry: Any) -> bool:
@@ -119,7 +126,7 @@ def _build_component(model: Any, kind: str) -> Any:
     spec = component_spec(model, kind)
     log.info("building %s %s", kind, spec)
     try:
-        return build(kind, spec, device=getattr(model, "_device", "cpu"))
+        return build(kind, spec, device=getattr(model, "device", "cpu"))
     except Exception as e:
         log.info("%s %s cannot be built (%s); requests that need it fail at once for the next %g s",
                  kind, spec, type(e).__name__, RETRY_FAILED_BUILD_S)
@@ -136,7 +143,7 @@ def set_component(model: Any, kind: str, component: Any) -> None:
     """Use an already built segmenter/grounder for this model (e.g. one shared by several models)."""
     component_spec(model, kind)  # validates kind
     with _BUILD_LOCK:
-        model.__dict__.setdefault(_ATTR, {})[kind] = component
+        _components(model)[kind] = component
 
 
 # ----- availability (cheap: no build, no download, no network) ----------------------------------------------
@@ -165,7 +172,7 @@ def component_availability(model: Any, kind: str) -> dict[str, Any]:
         raise ValueError(f"unknown component kind {kind!r}; choose one of {list(AVAILABILITY_KINDS)}")
     if kind in DEFAULT_SPECS:
         spec: str | None = component_spec(model, kind)
-        entry = (model.__dict__.get(_ATTR) or {}).get(kind)
+        entry = _components(model).get(kind)
         if isinstance(entry, _BuildFailure) and not _expired(entry):
             return {"spec": spec, "available": False, "reason": " ".join(str(entry.error).split()) or
                     type(entry.error).__name__}
@@ -174,7 +181,7 @@ def component_availability(model: Any, kind: str) -> dict[str, Any]:
     else:
         raw = getattr(getattr(model, "config", None), kind, None)
         spec = str(raw) if raw else None
-        encoder = getattr(model, "__dict__", {}).get("_encoder")  # never model.encoder: that builds it
+        encoder = getattr(model, "built_encoder", None)  # never model.encoder: that builds it
         if encoder is not None and getattr(encoder, kind, None) is not None:
             return {"spec": spec, "available": True, "reason": "loaded"}
         if spec is None or spec in ("none", "metadata"):

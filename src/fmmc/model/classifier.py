@@ -111,6 +111,8 @@ class MaterialClassifier:
         self._backbone_state: dict[str, torch.Tensor] | None = None
         self._device = "cpu"
         self._cache_dir: str | Path | None = None
+        # region components (segmenter, grounder) built on first use by fmmc.grounding.prompts, or failed builds
+        self.components: dict[str, Any] = {}
 
     # ----- construction -----
     @classmethod
@@ -205,6 +207,16 @@ class MaterialClassifier:
                 c.streams, c.feature_spec() if c.backbone else None, c.text_encoder, c.describer,
                 device=self._device, cache_dir=self._cache_dir, backbone_state=self._backbone_state,
                 preprocess=c.preprocess)
+        return self._encoder
+
+    @property
+    def device(self) -> str:
+        """The device this model's streams (and its region components) run on."""
+        return self._device
+
+    @property
+    def built_encoder(self) -> Any | None:
+        """The encoder if it is built already, else None (asking never builds it, unlike :attr:`encoder`)."""
         return self._encoder
 
     @property
