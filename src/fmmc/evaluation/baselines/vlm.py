@@ -116,6 +116,8 @@ class VLMZeroShot:
             try:
                 return i, self.ask(regions[i], candidates), None
             except Exception as e:  # noqa: BLE001 - one bad region or request must not stop the evaluation
+                if getattr(e, "stops_run", False):  # the endpoint is down (circuit breaker): stop the whole run
+                    raise
                 return i, None, f"{type(e).__name__}: {e}"
 
         bar = tqdm(total=len(regions), desc=f"zero-shot {self.spec}", unit="region", disable=not progress)
