@@ -117,7 +117,8 @@ def test_unknown_labels_fail_before_training(tiny_dataset, tmp_path):
     lines[1]["label"] = "adamantium"
     (ds / "metadata.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
     with pytest.raises(ValueError, match="adamantium.*Known labels"):
-        train(TrainConfig(data=str(ds), out=str(tmp_path / "r"), streams="vision", progress=False))
+        train(TrainConfig(data=str(ds), out=str(tmp_path / "r"), streams="vision", progress=False,
+                          allow_outside_paths=True))  # absolute paths into another folder: the opt-in
 
 
 def test_two_streams_with_tiny_clip_text(tiny_dinov2, tiny_clip_text, tiny_dataset, tmp_path):

@@ -136,7 +136,10 @@ def test_feature_cache_second_pass_runs_no_forward(tiny_dinov2, tiny_dataset, tm
     first, _, _ = ex.extract_regions(regions, progress=False)
     n_calls = len(calls)
     assert n_calls == 4  # 30 regions / batch 8
-    assert len(list((tmp_path / "ns").glob("shard-*.safetensors"))) == 5  # 30 vectors in shards of 7 (+ rest)
+    # committed per batch of 8; parts merged once they fill a shard of 7: 3 shards of 8 + the last batch's part
+    assert len(list((tmp_path / "ns").glob("shard-*.safetensors"))) == 3
+    assert len(list((tmp_path / "ns").glob("part-*.safetensors"))) == 1
+    assert len(FeatureCache(tmp_path, "ns")) == 30
     ex2 = FeatureExtractor(bb, batch_size=8, cache=FeatureCache(tmp_path, "ns", shard_size=7))
     second, _, _ = ex2.extract_regions(regions, progress=False)
     assert len(calls) == n_calls
@@ -147,6 +150,7 @@ def test_cache_survives_torn_index_line(tmp_path):
     c = FeatureCache(tmp_path, "ns", shard_size=2)
     c.put("a", torch.ones(3))
     c.put("b", torch.zeros(3))
+    c.commit()
     with open(tmp_path / "ns" / "index.jsonl", "a") as f:
         f.write('{"key": "c", "sha')  # crash mid-write
     c2 = FeatureCache(tmp_path, "ns")

@@ -46,7 +46,7 @@ def test_eval_fmd(world: dict[str, Path], tmp_path: Path, capsys: pytest.Capture
     assert _eval(world, f"fmd:{world['fmd']}", out, "--describer", STATS) == 0
     printed = capsys.readouterr().out
     assert "acc [95% CI]" in printed and "mIoU" in printed and f"written to {out}" in printed
-    assert {p.name for p in out.iterdir()} == {"metrics.json", "predictions.jsonl", "report.md", "confusion.png",
+    assert {p.name for p in out.iterdir()} == {".fmmc-output.json", "metrics.json", "predictions.jsonl", "report.md", "confusion.png",
                                                "reliability.png"}
     m = json.loads((out / "metrics.json").read_text())
     assert m["n"] == 9 and sorted(m["classes_present"]) == ["fabric", "metal", "wood"]
@@ -106,9 +106,19 @@ def test_eval_replaces_old_result_and_compare(world: dict[str, Path], tmp_path: 
                                               capsys: pytest.CaptureFixture[str]):
     out = tmp_path / "e"
     out.mkdir()
-    (out / "stale.txt").write_text("old")
+    (out / "notes.txt").write_text("mine")
+    # a folder holding a user's files is refused before any work, and left as it was
+    assert _eval(world, f"fmd:{world['fmd']}", out, "--describer", STATS, "--no-plots") == 1
+    assert "holds files fmmc did not write" in capsys.readouterr().err
+    assert [p.name for p in out.iterdir()] == ["notes.txt"] and (out / "notes.txt").read_text() == "mine"
+    (out / "notes.txt").unlink()
     assert _eval(world, f"fmd:{world['fmd']}", out, "--describer", STATS, "--no-plots") == 0
-    assert not (out / "stale.txt").exists() and (out / "metrics.json").is_file()
+    first = (out / "predictions.jsonl").read_text()
+    # an earlier eval result is replaced only with --overwrite
+    assert _eval(world, f"fmd:{world['fmd']}", out, "--describer", STATS, "--no-plots") == 1
+    assert "--overwrite" in capsys.readouterr().err
+    assert _eval(world, f"fmd:{world['fmd']}", out, "--describer", STATS, "--no-plots", "--overwrite") == 0
+    assert (out / "predictions.jsonl").read_text() == first and not list(tmp_path.glob(".e.*"))
     assert _eval(world, f"fmd:{world['fmd']}", tmp_path / "f", "--describer", STATS, "--no-plots",
                  "--classes", "all") == 0
     capsys.readouterr()

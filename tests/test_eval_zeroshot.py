@@ -50,7 +50,7 @@ def test_clip_zeroshot_eval(tmp_path: Path, tiny_clip: Path, fmd: Path, capsys: 
     rc = main(["eval", f"zeroshot:clip:{tiny_clip}", "--data", f"fmd:{fmd}", "--out", str(out), "--quiet",
                "--cache-dir", str(tmp_path / "cache"), "--bootstrap", "100"])
     assert rc == 0
-    assert {p.name for p in out.iterdir()} == {"metrics.json", "predictions.jsonl", "report.md", "confusion.png",
+    assert {p.name for p in out.iterdir()} == {".fmmc-output.json", "metrics.json", "predictions.jsonl", "report.md", "confusion.png",
                                                "reliability.png"}
     m = json.loads((out / "metrics.json").read_text())
     assert m["n"] == 9 and m["classes_mode"] == "restrict" and m["scored_classes"] == ["fabric", "metal", "wood"]

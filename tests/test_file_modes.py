@@ -31,6 +31,7 @@ def test_saved_model_and_cache_shards_are_group_readable(tmp_path_factory, tmp_p
     assert _mode(out / "model.safetensors") == 0o644 and _mode(out / "config.json") == 0o644
     cache = FeatureCache(tmp_path / "cache", "ns", shard_size=1)
     cache.put("k", torch.ones(3))
-    shards = list((tmp_path / "cache" / "ns").glob("shard-*.safetensors"))
+    cache.commit()
+    shards = list((tmp_path / "cache" / "ns").glob("*.safetensors"))
     assert shards and all(_mode(p) == 0o644 for p in shards)
     assert torch.equal(FeatureCache(tmp_path / "cache", "ns").get("k"), torch.ones(3))

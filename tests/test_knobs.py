@@ -191,11 +191,17 @@ def test_convert_folder_writes_a_valid_dataset(photos, tmp_path, capsys):
     assert main(["convert", f"folder:{photos}", str(out)]) == 0
     lines = [json.loads(line) for line in (out / "metadata.jsonl").read_text().splitlines()]
     assert len(lines) == 12 and {ln["label"] for ln in lines} == {"wood", "metal", "foliage"}
-    for ln in lines:
-        assert not Path(ln["file_name"]).is_absolute()
-        assert (out / ln["file_name"]).resolve() == (photos / ln["id"]).resolve()
-    assert not (out / "images").exists()  # not copied
+    for ln in lines:  # hard links inside the dataset: self-contained, no extra disk space, confinement holds
+        assert ln["file_name"] == f"images/{ln['id']}"
+        assert (out / ln["file_name"]).samefile(photos / ln["id"])
     assert main(["validate", str(out)]) == 0
+    # --images refer names the photos where they are: readable only with the opt-in
+    ref = tmp_path / "ref"
+    assert main(["convert", f"folder:{photos}", str(ref), "--images", "refer"]) == 0
+    first = json.loads((ref / "metadata.jsonl").read_text().splitlines()[0])
+    assert first["file_name"].startswith("../") and (ref / first["file_name"]).resolve() == (photos / first["id"]).resolve()
+    assert main(["validate", str(ref)]) == 1 and "outside the dataset folder" in capsys.readouterr().out
+    assert main(["validate", str(ref), "--allow-outside-paths"]) == 0
 
     before = (out / "metadata.jsonl").read_text()
     capsys.readouterr()

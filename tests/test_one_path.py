@@ -171,7 +171,7 @@ def test_new_weights_at_the_same_path_never_get_old_features(tiny_dataset, tmp_p
     bb = _tiny_dinov2(tmp_path / "backbone", seed=1)
 
     def run(name: str, cache: Path) -> dict[str, torch.Tensor]:
-        cfg = TrainConfig(data=str(tiny_dataset), out=str(tmp_path / name), backbone=f"hf:{bb}", image_size=56,
+        cfg = TrainConfig(data=str(tiny_dataset), out=str(tmp_path / f"run-{name}"), backbone=f"hf:{bb}", image_size=56,
                           streams="vision", epochs=3, lr=1e-3, progress=False, cache_dir=str(cache), seed=0)
         from safetensors.torch import load_file
 

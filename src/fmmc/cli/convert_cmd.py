@@ -1,13 +1,16 @@
-"""``fmmc convert folder:DIR OUT [--copy] [--force]``: an imagefolder tree as an fmmc dataset.
+"""``fmmc convert folder:DIR OUT [--images link|copy|refer] [--force]``: an imagefolder tree as an fmmc dataset.
 
-    $ fmmc convert folder:photos data/photos          # data/photos/metadata.jsonl -> ../../photos/wood/1.jpg ...
-    $ fmmc convert "folder:photos?map=fmd" data/fmd --copy   # images copied to data/fmd/images/<class>/
+    $ fmmc convert folder:photos data/photos          # images hard-linked into data/photos/images/<class>/
+    $ fmmc convert "folder:photos?map=fmd" data/fmd --images copy   # copied instead
     $ fmmc validate data/photos && fmmc train --data data/photos --out runs/photos
 
 ``DIR/<class>/*.jpg`` is read as ``fmmc eval --data folder:DIR`` reads it (every image one whole-image region
-labelled by its folder; ``?map=`` maps folder names onto the taxonomy). ``OUT/metadata.jsonl`` names the
-images relative to OUT; they stay where they are unless ``--copy``. An existing metadata.jsonl is replaced
-only with ``--force``. (``fmmc train --data folder:DIR`` trains on such a tree directly.)
+labelled by its folder; ``?map=`` maps folder names onto the taxonomy). A dataset may only name files under
+its own folder (:mod:`fmmc.data.confine`), so the images are placed under ``OUT/images/``: hard-linked where
+OUT is on the same file system (no extra disk space), else copied (``--images copy`` always copies).
+``--images refer`` names them where they are instead; such a dataset is then read only with the opt-in
+(``--allow-outside-paths`` / ``FMMC_ALLOW_OUTSIDE_PATHS=1``). An existing metadata.jsonl is replaced only
+with ``--force``. (``fmmc train --data folder:DIR`` trains on such a tree directly.)
 """
 
 from __future__ import annotations
@@ -26,7 +29,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("source", help="folder:DIR (DIR/<class>/*.jpg), options as for `fmmc eval`, e.g. folder:DIR?map=fmd")
     p.add_argument("out", help="dataset folder to write OUT/metadata.jsonl into (created if missing)")
-    p.add_argument("--copy", action="store_true", help="copy the images to OUT/images/<class>/ (default: refer to them)")
+    p.add_argument("--images", choices=["link", "copy", "refer"], default="link",
+                   help="place the images under OUT/images/<class>/ as hard links (default; copies across file "
+                        "systems) or copies, or refer to them where they are (needs --allow-outside-paths to read)")
+    p.add_argument("--copy", dest="images", action="store_const", const="copy", help="same as --images copy")
     p.add_argument("--force", action="store_true", help="replace an existing OUT/metadata.jsonl")
     p.set_defaults(func=run)
 
@@ -39,10 +45,14 @@ def run(args: argparse.Namespace) -> int:
     if target.exists() and not args.force:
         raise ValueError(f"{target} already exists; pass --force to replace it (or choose another OUT)")
     regions = read_folder_spec(args.source)
-    lines = [_line(r, out, args.copy) for r in regions]
+    placed: dict[str, int] = {}
+    lines = [_line(r, out, args.images, placed) for r in regions]
     write_metadata(target, lines)
+    where = {"link": "hard-linked", "copy": "copied"}
+    how = "; ".join(f"{n} image(s) {where[k]} into {out / 'images'}" for k, n in sorted(placed.items()))
     print(f"{len(lines)} regions ({len({ln['label'] for ln in lines})} classes) written to {target}"
-          + (f"; images copied to {out / 'images'}" if args.copy else "") + f". Check it: fmmc validate {out}",
+          + (f"; {how}" if how else "") + f". Check it: fmmc validate {out}"
+          + (" --allow-outside-paths (the images stay where they are)" if args.images == "refer" else ""),
           file=sys.stderr)
     return 0
 
@@ -63,18 +73,29 @@ def read_folder_spec(spec: str) -> list[Any]:
     return ts.regions
 
 
-def _line(region: Any, out: Path, copy: bool) -> dict[str, Any]:
-    """The metadata.jsonl line of one region: its image copied under OUT/images/ or named relative to OUT."""
+def _line(region: Any, out: Path, images: str, placed: dict[str, int]) -> dict[str, Any]:
+    """The metadata.jsonl line of one region: its image linked or copied under OUT/images/, or named
+    relative to OUT (``refer``). ``placed`` counts how each image got there."""
     line = region.to_json()
     image = Path(region.image)
-    if copy:
-        dest = out / "images" / region.id
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        if dest.resolve() != image.resolve():
-            shutil.copy2(image, dest)
-        line["file_name"] = Path("images", region.id).as_posix()
-    else:
+    if images == "refer":
         line["file_name"] = _relative(image, out)
+        return line
+    dest = out / "images" / region.id
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    if not (dest.exists() and os.path.samefile(dest, image)):
+        how = "copy"
+        if images == "link":
+            try:
+                dest.unlink(missing_ok=True)
+                os.link(image, dest)
+                how = "link"
+            except OSError:  # another file system, or links not allowed: copy
+                pass
+        if how == "copy":
+            shutil.copy2(image, dest)
+        placed[how] = placed.get(how, 0) + 1
+    line["file_name"] = Path("images", region.id).as_posix()
     return line
 
 

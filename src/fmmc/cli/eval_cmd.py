@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import argparse
 
+from fmmc.cli.options import add_allow_outside
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="evaluate a model or a zero-shot baseline on a test set (FMD, DMS, folder, dataset)",
@@ -21,7 +23,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("model", help="model dir / hub id, or zeroshot:clip:<id> / zeroshot:vlm:openai:<model>")
     p.add_argument("--data", required=True,
                    help="test set spec: fmd:/path, dms:/path?images=/rgb&min_area=0.01, folder:/path, jsonl:/path")
-    p.add_argument("--out", required=True, help="result folder (replaced when the evaluation completes)")
+    p.add_argument("--out", required=True, help="result folder, written when the evaluation completes (a new or empty "
+                                                "folder; an earlier eval result only with --overwrite)")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier `fmmc eval` result in --out")
     p.add_argument("--split", help="split to use (DMS labels/<split>, metadata.jsonl 'split'); default: test when present")
     p.add_argument("--classes", choices=["restrict", "all"], default="restrict",
                    help="restrict predictions to the test set's classes (default, as the paper) or allow all")
@@ -32,6 +36,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG figures")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_allow_outside(p)
     p.set_defaults(func=run)
 
 
@@ -42,6 +47,7 @@ def run(args: argparse.Namespace) -> int:
     settings = EvalSettings(classes=args.classes, split=args.split, n_boot=args.bootstrap, seed=args.seed,
                             progress=not args.quiet, plots=not args.no_plots)
     metrics = run_eval(args.model, args.data, args.out, settings, cache_dir=args.cache_dir,
-                       describer=args.describer, device=args.device)
+                       describer=args.describer, device=args.device, overwrite=args.overwrite,
+                       allow_outside_root=args.allow_outside_paths)
     print(console_summary(metrics, out=args.out))
     return 0

@@ -15,6 +15,8 @@ import argparse
 import sys
 from typing import TypeVar
 
+from fmmc.cli.options import add_allow_outside
+
 T = TypeVar("T")
 
 
@@ -38,6 +40,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--cache-dir", help="cache root, as TrainConfig.cache_dir (default ~/.cache/fmmc or $FMMC_CACHE)")
     add_engine_args(p)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_allow_outside(p)
     p.set_defaults(func=run)
 
 
@@ -65,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
     if not backbone and not describer:
         raise ValueError("nothing to do: give --backbone SPEC (e.g. hf:facebook/dinov2-base), --describer SPEC "
                          "or --config TRAIN_CONFIG")
-    regions = load_dataset(args.data, split=args.split)
+    regions = load_dataset(args.data, split=args.split, allow_outside_root=args.allow_outside_paths)
     cache_dir = args.cache_dir or cfg.cache_dir
     batch_size = args.batch_size or cfg.extract_batch_size
     engine = get_engine(engine_spec(args.engine, args.ray_address))

@@ -12,6 +12,7 @@ import importlib
 import logging
 import re
 import sys
+import traceback
 
 # (module under fmmc.cli) in the order `fmmc --help` lists them
 COMMANDS = [
@@ -159,10 +160,23 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # `fmmc predict ... | head`: the reader left; not an error of ours
         _silence_stdout()
         return 0
-    except (CLIError, ValueError, FileNotFoundError, ImportError, RuntimeError) as e:
+    except OSError as e:  # disk full, read-only, a path that is a file: one line naming the path and the fix
+        from fmmc.core.errors import describe_os_error, is_io_fault
+
+        if args.verbose >= 1:
+            traceback.print_exc()
+        print(f"fmmc {args.command}: error: {describe_os_error(e) if is_io_fault(e) else e}", file=sys.stderr)
+        return 1
+    except (CLIError, ValueError, ImportError, RuntimeError) as e:
         if args.verbose >= 2:
             raise
         print(f"fmmc {args.command}: error: {e}", file=sys.stderr)
+        return 1
+    except Exception as e:  # a bug of ours: still one line (the traceback with -v), and a way to report it
+        if args.verbose >= 1:
+            traceback.print_exc()
+        print(f"fmmc {args.command}: internal error: {type(e).__name__}: {e} (rerun with -v for the traceback "
+              "and please report it)", file=sys.stderr)
         return 1
 
 

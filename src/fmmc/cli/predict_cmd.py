@@ -2,7 +2,9 @@
 
 One image prints its top materials; a folder of images or a dataset (metadata.jsonl) writes one line per
 region to ``--out`` (JSONL, or CSV by extension) with a progress bar; bad items are skipped and listed, and
-the exit status is 1 when no item could be predicted. ``--description TEXT`` is the language-stream text (a
+the exit status is 1 when no item could be predicted. Finished predictions are kept a batch at a time in
+``.OUT.partial.jsonl``: a killed run continues with ``--resume``; ``--out`` appears only when complete and an
+existing one is replaced only with ``--overwrite``. ``--description TEXT`` is the language-stream text (a
 folder: every image's; a dataset: that of lines without their own), ``--describer SPEC`` overrides the
 model's describer; a two-stream model trained on dataset descriptions needs one of them for new photos.
 """
@@ -15,6 +17,7 @@ import json
 import sys
 from pathlib import Path
 
+from fmmc.cli.options import add_allow_outside
 from fmmc.core.paths import IMAGE_EXTS
 
 OUT_SUFFIXES = (".jsonl", ".json", ".csv")
@@ -51,14 +54,20 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                                      "(default: the classes the model was trained on)")
     p.add_argument("--top-k", type=positive_int, default=5, help="classes per prediction (>= 1; default 5)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    p.add_argument("--out", help="output file for folders/datasets (.jsonl or .csv); default stdout JSONL")
+    p.add_argument("--out", help="output file for folders/datasets (.jsonl or .csv; written when complete, finished "
+                                 "predictions kept in .OUT.partial.jsonl meanwhile); default stdout JSONL")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted folder/dataset run into --out")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file (and any interrupted run)")
     p.add_argument("--save-mask", help="write the region mask used (for --point/--object) to this PNG")
     p.add_argument("--refine", action="store_true", help="with --box: segment the object inside the box with SAM")
     p.add_argument("--box-threshold", type=float, help="with --object: grounder score threshold (default 0.35)")
     p.add_argument("--segmenter", help="segmenter spec (default: the model's, else hf:facebook/sam-vit-base)")
     p.add_argument("--grounder", help="grounder spec (default: the model's, else hf:IDEA-Research/grounding-dino-base)")
     p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N, mps, or auto (cuda, else mps, else cpu)")
+    p.add_argument("--cache-dir", help="feature/description cache root (default ~/.cache/fmmc or $FMMC_CACHE); one "
+                                       "that cannot be written is skipped with a warning")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_allow_outside(p)
     p.set_defaults(func=run)
 
 
@@ -76,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
     from fmmc.model.classifier import MaterialClassifier, parse_classes
 
     overrides = {k: getattr(args, k) for k in ("segmenter", "grounder", "describer") if getattr(args, k, None)}
-    model = MaterialClassifier.from_pretrained(args.model, device=args.device, **overrides)
+    model = MaterialClassifier.from_pretrained(args.model, device=args.device, cache_dir=args.cache_dir, **overrides)
     classes = parse_classes(args.classes)
     src = Path(args.input)
     if src.is_dir():
@@ -122,13 +131,51 @@ def _check_batch_args(src: Path, args: argparse.Namespace) -> None:
         raise ValueError(f"--out {args.out}: use a {', '.join(OUT_SUFFIXES)} file (JSON lines, or CSV)")
 
 
+def _out_file(args: argparse.Namespace) -> tuple[Path | None, Path | None]:
+    """``--out F`` and its journal ``.F.partial.jsonl``, checked before any work: F must not be a folder or
+    lie under a file, an existing F is replaced only with --overwrite, an interrupted run's journal is
+    continued only with --resume (or discarded with --overwrite); the folder must be writable."""
+    from fmmc.core.outputs import OutputRefused, probe_writable
+
+    if not args.out:
+        if args.resume:
+            raise ValueError("--resume needs --out FILE (the run to continue)")
+        return None, None
+    out = Path(args.out).expanduser()
+    journal = out.with_name(f".{out.name}.partial.jsonl")
+    if out.is_dir():
+        raise OutputRefused(f"--out {out}: is a folder; give a file path (.jsonl or .csv)")
+    for parent in out.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise OutputRefused(f"--out {out}: {parent} is a file, so nothing can be written under it; "
+                                    "choose another path")
+            break
+    if args.resume and args.overwrite:
+        raise ValueError("--resume continues an interrupted run and --overwrite starts again: give one of them")
+    if out.exists() and not args.overwrite:
+        raise OutputRefused(f"--out {out}: exists (a finished run?); pass --overwrite to replace it, or choose "
+                            "another file (it was left as it is)")
+    if journal.is_file() and not (args.resume or args.overwrite):
+        raise OutputRefused(f"--out {out}: an interrupted run left its finished predictions in {journal}; pass "
+                            "--resume to continue it, or --overwrite to start again")
+    if args.overwrite:
+        journal.unlink(missing_ok=True)
+    probe_writable(out.parent)
+    return out, journal
+
+
 def _batch(model, src: Path, classes, args: argparse.Namespace) -> int:
+    from fmmc.core.io import atomic_file
+    from fmmc.core.journal import Journal
     from fmmc.data.dataset import load_dataset
     from fmmc.data.records import Region
+    from fmmc.model.journaled import predict_journaled
 
     _check_batch_args(src, args)
+    out, journal_path = _out_file(args)  # before any work: a bad --out loses nothing
     if (src / "metadata.jsonl").is_file():
-        regions = load_dataset(src)
+        regions = load_dataset(src, allow_outside_root=args.allow_outside_paths)
     else:
         model.check_ready(args.description)  # a folder's images have no descriptions: refuse before any work
         files = sorted(p for p in src.rglob("*") if p.suffix.lower() in IMAGE_EXTS)
@@ -138,23 +185,26 @@ def _batch(model, src: Path, classes, args: argparse.Namespace) -> int:
     if args.mask_threshold is not None:  # a line's own mask_threshold wins
         for r in regions:
             r.extra.setdefault("mask_threshold", args.mask_threshold)
-    preds, failures = model.predict_regions(regions, classes=classes, progress=not args.quiet,
-                                            description=args.description)
+    journal = None
+    if journal_path is not None:
+        header = {"kind": "predict", "model": str(args.model), "fingerprint": model.fingerprint(),
+                  "input": str(src.resolve()), "classes": args.classes, "description": args.description,
+                  "describer": args.describer, "mask_threshold": args.mask_threshold}
+        journal = Journal(journal_path, header, on_mismatch="refuse")
+        if journal.done:
+            print(f"resuming: {journal.successes} of {len(regions)} predictions already in {journal_path}",
+                  file=sys.stderr)
+    preds, failures = predict_journaled(model, regions, journal, progress=not args.quiet and "predict",
+                                        classes=classes, description=args.description)
     rows = [dict(p.to_json(args.top_k), **({"true_label": r.label} if r.label else {}))
             for r, p in zip(regions, preds) if p is not None]
-    out = Path(args.out) if args.out else None
-    if out is not None and out.suffix.lower() == ".csv":
-        with open(out, "w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(["id", "label", "confidence", "top"])
-            for r in rows:
-                w.writerow([r["id"], r["label"], r["confidence"], ";".join(f"{t['label']}:{t['prob']}" for t in r["top"])])
+    if out is not None:
+        with atomic_file(out) as f:  # appears complete, or not at all
+            _write_rows(f, rows, csv_format=out.suffix.lower() == ".csv")
+        if journal is not None:
+            journal.discard()
     else:
-        f = open(out, "w") if out is not None else sys.stdout
-        for r in rows:
-            f.write(json.dumps(r) + "\n")
-        if out is not None:
-            f.close()
+        _write_rows(sys.stdout, rows, csv_format=False)
     if failures:
         print(f"{len(failures)} item(s) skipped:", file=sys.stderr)
         for rid, msg in failures:
@@ -166,3 +216,14 @@ def _batch(model, src: Path, classes, args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 1
     return 0
+
+
+def _write_rows(f, rows: list[dict], csv_format: bool) -> None:
+    if csv_format:
+        w = csv.writer(f)
+        w.writerow(["id", "label", "confidence", "top"])
+        for r in rows:
+            w.writerow([r["id"], r["label"], r["confidence"], ";".join(f"{t['label']}:{t['prob']}" for t in r["top"])])
+    else:
+        for r in rows:
+            f.write(json.dumps(r) + "\n")

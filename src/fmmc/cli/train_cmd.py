@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from fmmc.cli.options import add_allow_outside
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train the two-stream classifier on a labelled dataset",
@@ -13,6 +15,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", help="dataset folder with metadata.jsonl, or folder:DIR (DIR/<class>/*.jpg, one "
                                   "whole-image region per image, labelled by its folder; as `fmmc eval` reads it)")
     p.add_argument("--out", help="run directory (model in OUT/model)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a finished `fmmc train` run in --out (a stopped one is resumed without it)")
     p.add_argument("--config", help="YAML/JSON TrainConfig file")
     p.add_argument("--backbone", help="vision backbone spec (see `fmmc list backbones`)")
     p.add_argument("--text-encoder", help="text encoder spec (see `fmmc list text-encoders`)")
@@ -21,6 +25,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--epochs", type=int)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("overrides", nargs="*", help="key=value TrainConfig overrides")
+    add_allow_outside(p)
     p.set_defaults(func=run)
 
 
@@ -37,8 +42,10 @@ def run(args: argparse.Namespace) -> int:
             overrides.insert(0, f"{key}={val}")
     if args.quiet:
         overrides.append("progress=false")
+    if args.allow_outside_paths:
+        overrides.append("allow_outside_paths=true")
     cfg = load_config(TrainConfig, args.config, overrides)
-    run_dir = train(cfg)
+    run_dir = train(cfg, overwrite=args.overwrite)
     import json
 
     summary = json.loads((run_dir / "summary.json").read_text())

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import argparse
 
+from fmmc.cli.options import add_allow_outside
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("validate", help="check a dataset folder (metadata.jsonl, images, masks, labels)")
     p.add_argument("dataset", help="folder with metadata.jsonl")
     p.add_argument("--taxonomy", default="default", help="taxonomy name or file the labels must belong to")
     p.add_argument("--no-files", action="store_true", help="check metadata only, do not open images/masks")
+    add_allow_outside(p)
     p.set_defaults(func=run)
 
 
@@ -17,7 +20,8 @@ def run(args: argparse.Namespace) -> int:
     from fmmc.data.validate import validate_dataset
     from fmmc.taxonomy import load_taxonomy
 
-    n, problems = validate_dataset(args.dataset, load_taxonomy(args.taxonomy), check_files=not args.no_files)
+    n, problems = validate_dataset(args.dataset, load_taxonomy(args.taxonomy), check_files=not args.no_files,
+                                   allow_outside_root=args.allow_outside_paths)
     for p in problems:
         print(p)
     print(f"{n} regions checked, {len(problems)} problem(s)")

@@ -1,11 +1,12 @@
 """Atomic outputs: a result is either complete on disk or absent, never half-written.
 
-    >>> with atomic_dir("runs/eval") as tmp:       # doctest: +SKIP
-    ...     (tmp / "metrics.json").write_text("{}")
-    >>> # runs/eval now holds metrics.json; had the block raised, runs/eval would be untouched
+    >>> with atomic_file("runs/eval/predictions.jsonl") as f:       # doctest: +SKIP
+    ...     f.write("{}\n")
+    >>> # the file is complete; had the block raised, the old file (or none) would be there
 
 Files are written to a temp path next to the target and renamed into place (``os.replace`` is atomic on
-one filesystem). JSON floats that are NaN or infinite are written as null, so every file is valid JSON.
+one filesystem). Output folders (atomic, never replacing a user's files) are :mod:`fmmc.core.outputs`.
+JSON floats that are NaN or infinite are written as null, so every file is valid JSON.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ import contextlib
 import json
 import math
 import os
-import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -72,32 +72,13 @@ def write_json_atomic(path: str | Path, obj: Any) -> Path:
     return write_text_atomic(path, dumps(obj) + "\n")
 
 
-@contextlib.contextmanager
-def atomic_dir(out: str | Path) -> Iterator[Path]:
-    """Yield a temp folder; on success it replaces ``out`` (an old ``out`` is removed), on error it is deleted."""
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp-{uuid.uuid4().hex[:8]}")
-    tmp.mkdir()
-    try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    old = None
-    if out.exists():
-        old = out.with_name(f".{out.name}.old-{uuid.uuid4().hex[:8]}")
-        os.replace(out, old)
-    os.replace(tmp, out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
-def save_safetensors(tensors: dict[str, Any], path: str | Path, metadata: dict[str, str] | None = None) -> Path:
+def save_safetensors(tensors: dict[str, Any], path: str | Path, metadata: dict[str, str] | None = None,
+                     fsync: bool = False) -> Path:
     """``safetensors.torch.save_file`` written atomically and with the usual permissions.
 
     safetensors creates files owner-only (0600); models and feature caches are meant to be shared (a
     cluster's shared filesystem, docs/ray.md), so the file gets what ``open()`` would give (0666 & ~umask).
+    ``fsync``: flush the file to the disk before it is renamed into place (caches that must survive a crash).
     """
     from safetensors.torch import save_file
 
@@ -106,6 +87,12 @@ def save_safetensors(tensors: dict[str, Any], path: str | Path, metadata: dict[s
     tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
     try:
         save_file(tensors, str(tmp), metadata=metadata)
+        if fsync:
+            fd = os.open(tmp, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:

@@ -9,20 +9,28 @@ Only ``file_name`` is required. Unknown keys are kept in ``Region.extra``. ``spl
 line is read (``" Test"`` -> ``test``, ``validation``/``valid``/``dev`` -> ``val``); any other value is an
 error. ``group`` (kept in ``extra``) ties regions that must stay on one side of the automatic validation
 split (several photos of one object); regions of one image always stay together (:func:`split_regions`).
+
+The file is UTF-8 (a byte-order mark and Windows line endings are fine). Paths must stay inside the
+dataset folder unless the caller trusts the dataset (:mod:`fmmc.data.confine`).
 """
 
 from __future__ import annotations
 
+import codecs
 import json
 import os
 import random
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
+from fmmc.data.confine import OPT_IN, inside_root, link_into, outside_paths_allowed
 from fmmc.data.records import KNOWN_KEYS, SPLITS, Region, normalize_split, split_error
 
 METADATA = "metadata.jsonl"
+EXAMPLE_LINE = '{"file_name": "images/0001.jpg", "label": "wood"}'
+FORMAT_DOC = "docs/dataset-format.md"
+JSON_TYPES = {list: "array", str: "string", int: "number", float: "number", bool: "boolean", type(None): "null"}
 
 
 class DatasetError(ValueError):
@@ -36,9 +44,13 @@ def metadata_path(root: str | Path) -> Path:
     return root / METADATA
 
 
-def parse_line(obj: object, root: Path, where: str) -> Region:
+def parse_line(obj: object, root: Path, where: str, allow_outside_root: bool = False) -> Region:
+    """One ``metadata.jsonl`` line (parsed JSON) as a :class:`Region`, its paths under ``root``; a path that
+    leaves ``root`` is an error unless ``allow_outside_root`` (``root=Path("/")`` takes any absolute path:
+    the engine workers' regions)."""
     if not isinstance(obj, dict):
-        raise DatasetError(f"{where}: expected a JSON object per line")
+        raise DatasetError(f"{where}: expected a JSON object per line such as {EXAMPLE_LINE}, got a JSON "
+                           f"{JSON_TYPES.get(type(obj), type(obj).__name__)}")
     fn = obj.get("file_name")
     if not isinstance(fn, str) or not fn:
         raise DatasetError(f"{where}: missing 'file_name' (the image path, relative to {root})")
@@ -57,9 +69,13 @@ def parse_line(obj: object, root: Path, where: str) -> Region:
     if group is not None and (isinstance(group, bool) or not isinstance(group, (str, int))):
         raise DatasetError(f"{where}: 'group' must be a string or an integer (regions of one group stay on one "
                            f"side of the validation split), got {group!r}")
+    threshold = obj.get("mask_threshold")
+    if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, (int, float))):
+        raise DatasetError(f"{where}: 'mask_threshold' must be a number (mask pixels >= it are the region), "
+                           f"got {threshold!r}")
     return Region(
-        image=root / fn,
-        mask=(root / mask) if mask else None,
+        image=_path(root, fn, "file_name", where, allow_outside_root),
+        mask=_path(root, mask, "mask_file_name", where, allow_outside_root) if mask else None,
         label=obj.get("label"),
         description=obj.get("description"),
         split=checked_split(obj.get("split"), where),
@@ -67,6 +83,16 @@ def parse_line(obj: object, root: Path, where: str) -> Region:
         box=box,
         extra={k: v for k, v in obj.items() if k not in KNOWN_KEYS},
     )
+
+
+def _path(root: Path, name: str, key: str, where: str, allow_outside_root: bool) -> Path:
+    if allow_outside_root:
+        return root / name
+    path = inside_root(root, name)
+    if path is None:
+        raise DatasetError(f"{where}: {key} {name!r} is outside the dataset folder {root}; a dataset may only name "
+                           f"files under its folder (move the file in, or {OPT_IN})")
+    return path
 
 
 def checked_split(value: str | None, where: str, asked: bool = False) -> str | None:
@@ -81,24 +107,67 @@ def checked_split(value: str | None, where: str, asked: bool = False) -> str | N
     return split
 
 
-def iter_lines(root: str | Path) -> Iterable[tuple[int, str]]:
+def iter_lines(root: str | Path, on_error: Callable[[DatasetError], None] | None = None) -> Iterator[tuple[int, str]]:
+    """``(line number, text)`` of every non-blank line of the dataset's metadata.jsonl: UTF-8, with or without a
+    byte-order mark, any line endings. A line that is not UTF-8 raises, or goes to ``on_error`` and is skipped;
+    a missing, unreadable or empty file raises :class:`DatasetError` naming it."""
     path = metadata_path(root)
+    n = 0
+    for lineno, raw in _raw_lines(path):
+        n += 1
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            err = DatasetError(f"{path}:{lineno}: not UTF-8 text ({_why_not_utf8(raw, lineno, e)}); save the file as "
+                               "UTF-8")
+            if on_error is None:
+                raise err from e
+            on_error(err)
+            continue
+        yield lineno, text
+    if n == 0:
+        raise DatasetError(f"{path}: has no lines (it is empty or blank); a dataset has one JSON object per line, "
+                           f"e.g. {EXAMPLE_LINE} (see {FORMAT_DOC})")
+
+
+def _raw_lines(path: Path) -> Iterator[tuple[int, bytes]]:
+    """Non-blank lines as bytes, numbered as a text editor numbers them (LF, CRLF or CR end a line)."""
+    if path.is_dir():
+        raise DatasetError(f"{path}: is a folder, not a file; a dataset's {METADATA} is a text file with one JSON "
+                           f"object per line (see {FORMAT_DOC})")
     if not path.is_file():
-        raise DatasetError(
-            f"{path} not found: a dataset is a folder with a metadata.jsonl (one region per line); "
-            "see `fmmc validate --help` or docs/dataset-format.md"
-        )
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if line.strip():
-                yield lineno, line
+        root = path.parent
+        what = (f"{root} is a file, not a dataset folder: give the folder holding {METADATA}, or a .jsonl file"
+                if root.is_file() else f"{path} not found: a dataset is a folder with a {METADATA} (one region per "
+                f"line); see `fmmc validate --help` or {FORMAT_DOC}")
+        raise DatasetError(what)
+    lineno = 0
+    try:
+        with open(path, "rb") as f:
+            for chunk in f:
+                for raw in chunk.splitlines():  # bytes.splitlines: only \n, \r\n and \r end a line
+                    lineno += 1
+                    if lineno == 1 and raw.startswith(codecs.BOM_UTF8):
+                        raw = raw[len(codecs.BOM_UTF8):]  # a byte-order mark (Windows editors write one)
+                    if raw.strip():
+                        yield lineno, raw
+    except OSError as e:
+        raise DatasetError(f"{path}: cannot read it ({e.strerror or e}); check that it is a readable file") from e
 
 
-def load_dataset(root: str | Path, split: str | None = None) -> list[Region]:
+def _why_not_utf8(raw: bytes, lineno: int, e: UnicodeDecodeError) -> str:
+    if lineno == 1 and raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        return "the file is UTF-16, e.g. Notepad's 'Unicode'"
+    return f"byte 0x{e.object[e.start]:02x} at column {e.start + 1}"
+
+
+def load_dataset(root: str | Path, split: str | None = None, allow_outside_root: bool = False) -> list[Region]:
     """All regions of the dataset at ``root`` (optionally one split: train, val or test, normalised as the
-    lines' are); the first bad line raises DatasetError."""
+    lines' are); the first bad line raises DatasetError. Paths must stay inside the dataset folder unless
+    ``allow_outside_root`` or ``$FMMC_ALLOW_OUTSIDE_PATHS=1`` (:mod:`fmmc.data.confine`)."""
     path = metadata_path(root)
     split = checked_split(split, str(path), asked=True)
+    outside = outside_paths_allowed(allow_outside_root)
     base = path.parent
     regions = []
     seen: dict[str, int] = {}
@@ -108,7 +177,7 @@ def load_dataset(root: str | Path, split: str | None = None) -> list[Region]:
             obj = json.loads(line)
         except json.JSONDecodeError as e:
             raise DatasetError(f"{where}: not valid JSON ({e.msg})") from e
-        region = parse_line(obj, base, where)
+        region = parse_line(obj, base, where, outside)
         if region.id in seen:
             raise DatasetError(f"{where}: duplicate id {region.id!r} (first on line {seen[region.id]}); ids must be unique")
         seen[region.id] = lineno
@@ -118,7 +187,9 @@ def load_dataset(root: str | Path, split: str | None = None) -> list[Region]:
 
 
 def write_dataset(root: str | Path, regions: Iterable[Region]) -> Path:
-    """Write ``metadata.jsonl`` atomically (temp file + rename), paths relative to ``root``."""
+    """Write ``metadata.jsonl`` atomically (temp file + rename), paths relative to ``root``; a file outside
+    ``root`` is named through a link under ``root/linked/`` (:func:`fmmc.data.confine.link_into`), so the
+    dataset reads back without trusting outside paths."""
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     path = root / METADATA
@@ -126,7 +197,11 @@ def write_dataset(root: str | Path, regions: Iterable[Region]) -> Path:
 
     with atomic_file(path) as f:
         for r in regions:
-            f.write(json.dumps(r.to_json(root), ensure_ascii=False) + "\n")
+            line = r.to_json(root)
+            for key in ("file_name", "mask_file_name"):
+                if key in line and Path(line[key]).is_absolute():
+                    line[key] = link_into(root, Path(line[key]))
+            f.write(json.dumps(line, ensure_ascii=False) + "\n")
     return path
 
 

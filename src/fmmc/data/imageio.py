@@ -32,6 +32,8 @@ def _open(source: str | Path | bytes | IO[bytes], name: str, max_pixels: int,
           draft: tuple[int, int] | None = None) -> Image.Image:
     if isinstance(source, (str, Path)):
         p = Path(source)
+        if p.is_dir():
+            raise ImageError(name, "is a folder, not an image file", "give the image file's path")
         if not p.is_file():
             raise ImageError(name, "file not found", "check the path")
         if p.stat().st_size == 0:
@@ -41,6 +43,7 @@ def _open(source: str | Path | bytes | IO[bytes], name: str, max_pixels: int,
         fp = io.BytesIO(source) if isinstance(source, bytes) else source
         if isinstance(source, bytes) and not source:
             raise ImageError(name, "empty upload (0 bytes)", "send the image file's bytes")
+    img: Image.Image | None = None
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -52,15 +55,33 @@ def _open(source: str | Path | bytes | IO[bytes], name: str, max_pixels: int,
             if draft is not None and img.format == "JPEG":
                 img.draft("RGB", draft)  # decode at a reduced scale that is still >= draft: much faster
             img.load()
-    except ImageError:
-        raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise ImageError(name, f"refused as a decompression bomb: {e}", "downscale the image") from e
-    except UnidentifiedImageError as e:
-        raise ImageError(name, "not an image file PIL can read", "convert it to JPEG or PNG") from e
-    except (OSError, SyntaxError) as e:
-        raise ImageError(name, f"truncated or corrupt image: {e}", "re-copy or regenerate the file") from e
+    except Exception as e:
+        if img is not None:
+            img.close()  # a failed decode must not leave the file open
+        err = _decode_error(e, name)
+        if err is e:
+            raise
+        raise err from e
     return img
+
+
+def _decode_error(e: Exception, name: str) -> Exception:
+    """The :class:`ImageError` for what opening or decoding ``name`` raised. Pillow's decoders raise many types
+    on truncated or corrupted bytes, at open and at load time (OSError, SyntaxError, ValueError such as
+    "Truncated IHDR chunk" or "Invalid dimensions", struct.error, IndexError, TypeError, EOFError, zlib.error,
+    DecompressionBombError, ...): each is this file's problem. Only a MemoryError is passed on as it is."""
+    if isinstance(e, ImageError):
+        return e
+    if isinstance(e, (Image.DecompressionBombError, Image.DecompressionBombWarning)):
+        return ImageError(name, f"refused as a decompression bomb: {e}", "downscale the image")
+    if isinstance(e, UnidentifiedImageError):
+        return ImageError(name, "not an image file PIL can read", "convert it to JPEG or PNG")
+    if isinstance(e, OSError) and e.errno is not None:  # the file system, not the bytes
+        return ImageError(name, f"cannot read the file: {e.strerror}", "check that it exists and is readable")
+    if isinstance(e, MemoryError):
+        return e
+    what = str(e).strip() or type(e).__name__
+    return ImageError(name, f"truncated or corrupt image: {what}", "re-copy or regenerate the file")
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
@@ -175,13 +196,24 @@ def box_to_mask(box: tuple[float, float, float, float], size: tuple[int, int], n
 
 
 def image_size(path: str | Path) -> tuple[int, int]:
-    """(width, height) of the upright image (EXIF orientation applied), read from the header only."""
-    with Image.open(path) as im:
-        size = im.size
-        try:
-            orientation = im.getexif().get(0x0112, 1)
-        except Exception:  # noqa: BLE001 - a broken EXIF block: the stored size
-            orientation = 1
+    """(width, height) of the upright image (EXIF orientation applied), read from the header only.
+    Any failure is an :class:`ImageError` naming the file."""
+    if not Path(path).is_file():
+        raise ImageError(path, "file not found", "check the path")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # header only: nothing is decoded
+            with Image.open(path) as im:
+                size = im.size
+                try:
+                    orientation = im.getexif().get(0x0112, 1)
+                except Exception:  # noqa: BLE001 - a broken EXIF block: the stored size
+                    orientation = 1
+    except Exception as e:
+        err = _decode_error(e, str(path))
+        if err is e:
+            raise
+        raise err from e
     return (size[1], size[0]) if orientation in (5, 6, 7, 8) else size
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,15 +50,18 @@ class Region:
             self.id = self.image.stem if self.mask is None else f"{self.image.stem}:{Path(self.mask).stem}"
 
     def to_json(self, root: Path | None = None) -> dict[str, Any]:
-        """The metadata.jsonl line for this region (paths relative to ``root`` when given)."""
+        """The metadata.jsonl line for this region (paths relative to ``root`` when given and under it, else
+        absolute)."""
 
         def rel(p: Path) -> str:
             if root is None:
                 return str(p)
-            try:
-                return p.resolve().relative_to(Path(root).resolve()).as_posix()
-            except ValueError:
-                return str(p)
+            for mine, base in ((os.path.abspath(p), os.path.abspath(root)), (p.resolve(), Path(root).resolve())):
+                try:  # as named first: a link inside root stays the link (its target may lie elsewhere)
+                    return Path(mine).relative_to(base).as_posix()
+                except ValueError:
+                    pass
+            return str(Path(os.path.abspath(p)))
 
         out: dict[str, Any] = {"file_name": rel(self.image), "id": self.id}
         if self.label is not None:

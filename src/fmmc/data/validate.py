@@ -7,6 +7,7 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+from fmmc.data.confine import outside_paths_allowed
 from fmmc.data.dataset import DatasetError, iter_lines, metadata_path, parse_line
 from fmmc.data.imageio import ImageError
 from fmmc.data.regions import load_region
@@ -22,28 +23,32 @@ class Problem:
         return f"{self.where}: {self.message}"
 
 
-def validate_dataset(root: str | Path, taxonomy: Taxonomy | None = None, check_files: bool = True) -> tuple[int, list[Problem]]:
-    """Return (number of lines, problems). Checks JSON, fields, labels, ids, images and masks."""
+def validate_dataset(root: str | Path, taxonomy: Taxonomy | None = None, check_files: bool = True,
+                     allow_outside_root: bool = False) -> tuple[int, list[Problem]]:
+    """Return (number of lines, problems). Checks the file (UTF-8, not empty), JSON, fields, paths (inside the
+    dataset folder unless ``allow_outside_root`` or ``$FMMC_ALLOW_OUTSIDE_PATHS=1``), labels, ids, images and
+    masks."""
     path = metadata_path(root)
     base = path.parent
+    outside = outside_paths_allowed(allow_outside_root)
     problems: list[Problem] = []
     seen: dict[str, int] = {}
-    n = 0
     try:
-        lines = list(iter_lines(root))
+        lines = list(iter_lines(root, on_error=lambda e: problems.append(_problem(e, str(path)))))
     except DatasetError as e:
-        return 0, [Problem(str(path), str(e))]
+        return len(problems), problems + [_problem(e, str(path))]
+    n = len(problems)  # lines that are not UTF-8 text
     labels: Counter[str] = Counter()
     for lineno, line in lines:
         n += 1
         where = f"{path}:{lineno}"
         try:
-            region = parse_line(json.loads(line), base, where)
+            region = parse_line(json.loads(line), base, where, outside)
         except json.JSONDecodeError as e:
             problems.append(Problem(where, f"not valid JSON ({e.msg})"))
             continue
         except DatasetError as e:
-            problems.append(Problem(where, str(e).split(": ", 1)[-1]))
+            problems.append(_problem(e, where))
             continue
         if region.id in seen:
             problems.append(Problem(where, f"duplicate id {region.id!r} (first on line {seen[region.id]})"))
@@ -63,3 +68,15 @@ def validate_dataset(root: str | Path, taxonomy: Taxonomy | None = None, check_f
         except ValueError as e:  # a box with no area or wholly outside the image
             problems.append(Problem(where, str(e)))
     return n, problems
+
+
+def _problem(e: DatasetError, where: str) -> Problem:
+    """``e`` as a Problem, its message without the ``where: `` (or ``where:LINE: ``) it starts with."""
+    text = str(e)
+    if text.startswith(where + ": "):
+        return Problem(where, text[len(where) + 2:])
+    if text.startswith(where + ":"):
+        line, sep, rest = text[len(where) + 1:].partition(": ")
+        if sep and line.isdigit():
+            return Problem(f"{where}:{line}", rest)
+    return Problem(where, text)

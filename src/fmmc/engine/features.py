@@ -141,6 +141,7 @@ def extract_features(regions: list[Region], job: FeatureJob, engine: Engine, *, 
             else:
                 cache.put(res["key"], torch.from_numpy(decode_feature(res["feature"]).copy()))
                 written += 1
+        cache.commit()  # durable per batch: a killed or preempted run redoes at most the batches in flight
 
     factory: Any
     if engine.name == "local":
@@ -156,7 +157,7 @@ def extract_features(regions: list[Region], job: FeatureJob, engine: Engine, *, 
                                      progress="features" if progress is True else progress,
                                      info_path=cache.dir / "engine.json")
     finally:
-        cache.flush()
+        cache.compact()
     if failures:
         log.warning("%d region(s) without features (first: %s: %s)", len(failures), *failures[0])
     return FeatureReport(cache.dir, len(regions), cached, written, failures, dict(engine.last_stats))

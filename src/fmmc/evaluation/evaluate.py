@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from fmmc.core.journal import Journal
 from fmmc.data.readers.spec import TestSet
 from fmmc.evaluation.metrics import summarize
 
@@ -86,9 +87,11 @@ def _check_descriptions(model: Any, ts: TestSet) -> None:
             )
 
 
-def evaluate(model: Any, ts: TestSet, settings: EvalSettings | None = None) -> Evaluation:
-    """Predict every region of ``ts`` and compute the metrics (nothing is written)."""
+def evaluate(model: Any, ts: TestSet, settings: EvalSettings | None = None, journal: Journal | None = None) -> Evaluation:
+    """Predict every region of ``ts`` and compute the metrics. Nothing is written but ``journal`` (see
+    :func:`eval_journal`): finished predictions, a batch at a time, so a killed evaluation resumes."""
     from fmmc.evaluation.models import model_config
+    from fmmc.model.journaled import predict_journaled
 
     s = settings or EvalSettings()
     if s.classes not in CLASS_MODES:
@@ -97,8 +100,9 @@ def evaluate(model: Any, ts: TestSet, settings: EvalSettings | None = None) -> E
     classes = test_classes(model, ts)
     _check_descriptions(model, ts)
     labels = list(model.labels)
-    preds, failures = model.predict_regions(ts.regions, classes=classes if s.classes == "restrict" else "all",
-                                            progress=s.progress)
+    preds, failures = predict_journaled(model, ts.regions, journal,
+                                        classes=classes if s.classes == "restrict" else "all",
+                                        progress="predict" if s.progress else False)
     if all(p is None for p in preds):
         first = f" (first: {failures[0][0]}: {failures[0][1]})" if failures else ""
         raise RuntimeError(f"every one of the {len(ts.regions)} regions of {ts.spec} failed{first}; no result written")
@@ -135,14 +139,30 @@ def evaluate(model: Any, ts: TestSet, settings: EvalSettings | None = None) -> E
     return Evaluation(metrics, rows, failures, model_config(model), ts, s, round(time.time() - t0, 2))
 
 
-def write_evaluation(ev: Evaluation, out: str | Path) -> Path:
-    """Write the result folder atomically (see the module docstring for its files)."""
+def eval_journal(out: str | Path, model: Any, ts: TestSet, settings: EvalSettings) -> Journal:
+    """The journal of an evaluation into ``out``: ``.<out>.predictions.partial.jsonl`` beside it, keyed by
+    the model (its fingerprint: config and weights), the test set and the settings that change a
+    prediction. A rerun of the same evaluation after a kill predicts only what is missing."""
+    from fmmc.evaluation.models import model_config
+
+    out = Path(out)
+    fingerprint = model.fingerprint() if callable(getattr(model, "fingerprint", None)) else None
+    header = {"kind": "eval", "model": getattr(model, "spec", ""), "model_config": model_config(model),
+              "fingerprint": fingerprint, "test_set": ts.spec, "split": settings.split, "classes": settings.classes,
+              "regions": len(ts.regions)}
+    return Journal(out.parent / f".{out.name}.predictions.partial.jsonl", header, on_mismatch="restart")
+
+
+def write_evaluation(ev: Evaluation, out: str | Path, overwrite: bool = False) -> Path:
+    """Write the result folder atomically (see the module docstring for its files). An existing ``out`` is
+    replaced only when it is an earlier ``fmmc eval`` result and ``overwrite`` (:mod:`fmmc.core.outputs`)."""
     from fmmc import __version__
-    from fmmc.core.io import atomic_dir, dumps
+    from fmmc.core.io import dumps
+    from fmmc.core.outputs import atomic_dir
     from fmmc.evaluation.report.markdown import eval_report
 
     out = Path(out)
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, "eval", overwrite) as tmp:
         m = ev.metrics
         meta = {"fmmc_version": __version__, "seconds": ev.seconds, "model_config": ev.model,
                 "eval": asdict(ev.settings), "test_set": {"spec": ev.test_set.spec, "kind": ev.test_set.kind,
@@ -192,15 +212,27 @@ def _short_name(spec: str) -> str:
 
 def run_eval(model: str | Any, data: str, out: str | Path | None, settings: EvalSettings | None = None,
              cache_dir: str | Path | None = None, describer: str | None = None, device: str = "cpu",
-             test_set: TestSet | None = None) -> dict[str, Any]:
-    """Load the test set and model, evaluate, write ``out`` (when given); returns the metrics."""
+             test_set: TestSet | None = None, overwrite: bool = False,
+             allow_outside_root: bool = False) -> dict[str, Any]:
+    """Load the test set and model, evaluate, write ``out`` (when given; checked before any work, see
+    :func:`write_evaluation`); returns the metrics."""
+    from fmmc.core.outputs import check_output_dir
     from fmmc.data.readers.spec import load_test_set
     from fmmc.evaluation.models import load_eval_model
 
-    s = settings or EvalSettings()
-    ts = test_set or load_test_set(data, split=s.split, cache_dir=cache_dir)
-    m = load_eval_model(model, cache_dir=cache_dir, describer=describer, device=device) if isinstance(model, str) else model
-    ev = evaluate(m, ts, s)
     if out is not None:
-        write_evaluation(ev, out)
+        check_output_dir(out, "eval", overwrite)
+    s = settings or EvalSettings()
+    ts = test_set or load_test_set(data, split=s.split, cache_dir=cache_dir, allow_outside_root=allow_outside_root)
+    m = load_eval_model(model, cache_dir=cache_dir, describer=describer, device=device) if isinstance(model, str) else model
+    journal = eval_journal(out, m, ts, s) if out is not None else None
+    try:
+        ev = evaluate(m, ts, s, journal)
+    except BaseException:
+        if journal is not None and not journal.successes:
+            journal.discard()  # nothing finished to keep
+        raise
+    if out is not None:
+        write_evaluation(ev, out, overwrite)
+        journal.discard()  # type: ignore[union-attr]
     return ev.metrics

@@ -136,13 +136,16 @@ class GridRunner:
         return final / "model"
 
     def evaluate(self, cell: Cell, model: Any) -> dict[str, Any]:
-        from fmmc.evaluation.evaluate import EvalSettings, evaluate, write_evaluation
+        from fmmc.evaluation.evaluate import EvalSettings, eval_journal, evaluate, write_evaluation
 
         e = self.cfg.eval
         settings = EvalSettings(classes=e.classes, n_boot=e.n_boot, seed=e.seed, progress=self.progress)
         ts = self.test_set(cell.test_key)
-        ev = evaluate(model, ts, settings)
-        write_evaluation(ev, self.out / "evals" / cell.cell_id)
+        out = self.out / "evals" / cell.cell_id
+        journal = eval_journal(out, model, ts, settings)  # a killed cell resumes its predictions
+        ev = evaluate(model, ts, settings, journal)
+        write_evaluation(ev, out, overwrite=True)  # our own cell, recomputed
+        journal.discard()
         m = ev.metrics
         keep = ("n", "acc", "macc", "miou", "top3", "top5", "ece", "ci95", "abstained", "failed", "unparsed",
                 "classes_present")
@@ -164,7 +167,11 @@ class GridRunner:
             if unknown:
                 raise ValueError(f"--only {unknown}: no such table; tables: {[t.id for t in self.cfg.tables]}")
             cells = [c for c in cells if any(p[0] in only for p in c.places)]
-        self.out.mkdir(parents=True, exist_ok=True)
+        from fmmc.core.outputs import check_output_dir, read_marker, write_marker
+
+        check_output_dir(self.out, "reproduce", overwrite=True)  # an earlier reproduce run is resumed, never cleared
+        if read_marker(self.out) is None:
+            write_marker(self.out, "reproduce", complete=False)
         save_config(self.cfg, self.out / "reproduce_config.yaml")
         write_json_atomic(self.out / "plan.json", [{"cell": c.cell_id, "model": c.model_id, "test_set": c.test_key,
                                                     "places": c.places} for c in cells])
@@ -190,6 +197,7 @@ class GridRunner:
                 continue
             self.echo(f"[{n}/{len(groups)}] {model_id}: {len(todo)} cell(s) to run")
             self._run_group(todo, result)
+        write_marker(self.out, "reproduce", complete=True)
         return result
 
     def _run_group(self, todo: list[Cell], result: GridResult) -> None:

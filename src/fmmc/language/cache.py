@@ -65,13 +65,17 @@ class DescriptionCache:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.timeout = timeout
         self._local = threading.local()
-        conn = self._conn()
-        # WAL is a property of the file, so setting it once here covers every later connection.
-        mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-        if str(mode).lower() != "wal":
-            log.warning("description cache %s: journal mode is %s, not WAL (network filesystem?)", self.path, mode)
-        with conn:
-            conn.execute(_SCHEMA)
+        self._warned = False
+        try:
+            conn = self._conn()
+            # WAL is a property of the file, so setting it once here covers every later connection.
+            mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                log.warning("description cache %s: journal mode is %s, not WAL (network filesystem?)", self.path, mode)
+            with conn:
+                conn.execute(_SCHEMA)
+        except sqlite3.Error as e:
+            raise OSError(f"cannot open description cache {self.path}: {e}") from e
 
     def _conn(self) -> sqlite3.Connection:
         # One connection per thread (and per process: a forked child must not reuse its parent's).
@@ -95,13 +99,19 @@ class DescriptionCache:
         return None if row is None else row[0]
 
     def put(self, image_sha: str, mask_sha: str, describer: str, prompt_version: str, text: str) -> None:
-        """Store (or replace) a description."""
-        conn = self._conn()
-        with conn:
-            conn.execute(
-                "INSERT OR REPLACE INTO descriptions VALUES (?, ?, ?, ?, ?, ?)",
-                (image_sha, mask_sha, describer, prompt_version, text, time.time()),
-            )
+        """Store (or replace) a description. A write that fails (disk full, read-only) is skipped with one
+        warning: the description is still returned to the caller, only not remembered."""
+        try:
+            conn = self._conn()
+            with conn:
+                conn.execute(
+                    "INSERT OR REPLACE INTO descriptions VALUES (?, ?, ?, ?, ?, ?)",
+                    (image_sha, mask_sha, describer, prompt_version, text, time.time()),
+                )
+        except (sqlite3.Error, OSError) as e:
+            if not self._warned:
+                self._warned = True
+                log.warning("description cache %s cannot be written (%s): descriptions are not stored", self.path, e)
 
     def __len__(self) -> int:
         return int(self._conn().execute("SELECT COUNT(*) FROM descriptions").fetchone()[0])

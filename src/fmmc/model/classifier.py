@@ -139,7 +139,7 @@ class MaterialClassifier:
     def save_pretrained(self, path: str | Path, include_backbone: bool = False) -> Path:
         """Write ``config.json`` + ``model.safetensors`` (the head; the backbone too for ``mode=full`` or
         ``include_backbone``, under the names of the backbone's own checkpoint)."""
-        from fmmc.core.io import save_safetensors
+        from fmmc.core.io import save_safetensors, write_text_atomic
         from fmmc.vision.protocol import export_state
 
         path = Path(path)
@@ -151,7 +151,8 @@ class MaterialClassifier:
             tensors.update({f"backbone.{k}": v.detach().cpu().contiguous() for k, v in state.items()})
             self.config.backbone_weights_included = True
         save_safetensors(tensors, path / WEIGHTS_NAME, metadata={"format": "pt", "fmmc_version": __version__})
-        (path / CONFIG_NAME).write_text(json.dumps(self.config.to_json(), indent=1, default=str))
+        # config.json last and atomically: a folder with one is a complete model
+        write_text_atomic(path / CONFIG_NAME, json.dumps(self.config.to_json(), indent=1, default=str))
         return path
 
     @classmethod
@@ -195,6 +196,21 @@ class MaterialClassifier:
         model._device = device
         model._cache_dir = cache_dir
         return model
+
+    def fingerprint(self) -> str:
+        """A hash of what decides this model's predictions: its config, its head's weights and, with a vision
+        stream, the feature settings (which hold a fingerprint of the backbone's weights). Journals of
+        interrupted batch runs are keyed by it, so a retrained model never resumes another's predictions."""
+        import hashlib
+
+        h = hashlib.sha256(json.dumps(self.config.to_json(), sort_keys=True, default=str).encode())
+        for k, v in sorted(self.head.state_dict().items()):
+            h.update(k.encode())
+            h.update(v.detach().cpu().contiguous().numpy().tobytes())
+        extractor = self.encoder.extractor
+        if extractor is not None:
+            h.update(json.dumps(extractor.settings(), sort_keys=True, default=str).encode())
+        return h.hexdigest()[:20]
 
     # ----- the streams (built lazily, so loading a model is cheap) -----
     @property

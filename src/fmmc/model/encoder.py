@@ -115,7 +115,8 @@ class TwoStreamEncoder:
 
 def build_encoder(streams: str, features: FeatureSpec | None, text_encoder: str | None, describer: str | None, *,
                   device: str = "cpu", batch_size: int = 8, cache_dir: str | Path | None = None,
-                  use_cache: bool = True, compile: bool = False, backbone: torch.nn.Module | None = None,
+                  use_cache: bool = True, cache_required: bool = False, compile: bool = False,
+                  backbone: torch.nn.Module | None = None,
                   backbone_state: dict[str, torch.Tensor] | None = None,
                   preprocess: dict[str, Any] | None = None) -> TwoStreamEncoder:
     """Build the two streams: the vision stream from ``features`` (a :class:`FeatureSpec`, through the
@@ -123,7 +124,9 @@ def build_encoder(streams: str, features: FeatureSpec | None, text_encoder: str 
 
     ``backbone_state``: weights to load into the backbone (a fine-tuned artifact) before anything is
     keyed on them. ``preprocess``: the preprocessing a trained model recorded: it is what the backbone
-    uses, with a warning when the checkpoint's own processor now says otherwise. ``compile`` =
+    uses, with a warning when the checkpoint's own processor now says otherwise. ``cache_required``: a
+    cache that cannot be written is an error (training, whose resume relies on it); otherwise (inference)
+    it is skipped with one warning. ``compile`` =
     torch.compile the backbone. The feature cache is keyed by :meth:`FeatureExtractor.settings`, which
     includes a fingerprint of the weights, so it is safe whatever was loaded.
     """
@@ -147,18 +150,32 @@ def build_encoder(streams: str, features: FeatureSpec | None, text_encoder: str 
         if use_cache:
             settings = extractor.settings()
             root = Path(cache_dir) / "features" if cache_dir else default_cache_dir()
-            extractor.cache = FeatureCache(root, namespace_of(settings), settings)
+            extractor.cache = FeatureCache(root, namespace_of(settings), settings, required=cache_required)
     desc = tenc = dcache = None
     if streams != "vision":
         tenc = build("text-encoder", text_encoder)
         desc = build("describer", describer or "none")
         if use_cache:
-            from fmmc.language.cache import DescriptionCache
-
-            root = Path(cache_dir) if cache_dir else cache_root()
-            root.mkdir(parents=True, exist_ok=True)
-            dcache = DescriptionCache(root / "descriptions.sqlite")
+            dcache = _description_cache(Path(cache_dir) if cache_dir else cache_root(), cache_required)
     return TwoStreamEncoder(streams, extractor, desc, tenc, dcache)
+
+
+def _description_cache(root: Path, required: bool) -> Any:
+    """The description cache under ``root``, or None (one warning) when it cannot be written and is optional."""
+    from fmmc.core.errors import describe_os_error
+    from fmmc.language.cache import DescriptionCache
+    from fmmc.vision.cache import CacheUnwritable
+
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        return DescriptionCache(root / "descriptions.sqlite")
+    except OSError as e:
+        message = (f"description cache {root / 'descriptions.sqlite'} cannot be written: {describe_os_error(e)}; "
+                   "set --cache-dir or $FMMC_CACHE to a writable folder")
+        if required:
+            raise CacheUnwritable(e.errno, message) from e
+        log.warning("%s (running without storing descriptions)", message)
+        return None
 
 
 def recorded_preprocess(current: Any, recorded: dict[str, Any], spec: str | None) -> Any:

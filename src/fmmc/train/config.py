@@ -13,6 +13,7 @@ class TrainConfig(FeatureSpec):
     :class:`~fmmc.model.config.FeatureSpec`, the one description of what decides a vision feature."""
 
     data: str = ""  # dataset folder (metadata.jsonl)
+    allow_outside_paths: bool = False  # trust data/val_data: accept paths that leave the dataset folder
     val_data: str | None = None  # separate validation set; else the `split` field, else a stratified split
     out: str = "runs/train"
     taxonomy: str = "default"

@@ -42,12 +42,12 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def load_training_data(spec: str) -> list[Region]:
+def load_training_data(spec: str, allow_outside_root: bool = False) -> list[Region]:
     """The regions of ``data=`` / ``val_data=``: a dataset folder (metadata.jsonl), or ``folder:DIR`` with options
     (``folder:DIR?map=fmd``), read as ``fmmc eval --data folder:DIR`` reads it: every image under
     ``DIR/<class>/`` is one whole-image region labelled by its folder."""
     if not str(spec).startswith("folder:"):
-        return load_dataset(spec)
+        return load_dataset(spec, allow_outside_root=allow_outside_root)
     from fmmc.data.readers.folder import load_folder
     from fmmc.data.readers.spec import parse_data_spec
 
@@ -66,9 +66,9 @@ def split_for_training(cfg: TrainConfig) -> tuple[list[Region], list[Region]]:
     if not cfg.data:
         raise ValueError("no training data: pass --data DATASET (a folder with metadata.jsonl) or --data "
                          "folder:DIR (DIR/<class>/*.jpg)")
-    regions = [r for r in load_training_data(cfg.data) if r.split != "test"]
+    regions = [r for r in load_training_data(cfg.data, cfg.allow_outside_paths) if r.split != "test"]
     if cfg.val_data:
-        val = [r for r in load_training_data(cfg.val_data) if r.split not in ("test", "train")]
+        val = [r for r in load_training_data(cfg.val_data, cfg.allow_outside_paths) if r.split not in ("test", "train")]
         train = regions
     elif any(r.split == "val" for r in regions):
         val = [r for r in regions if r.split == "val"]
@@ -135,15 +135,22 @@ def _class_weights(y: torch.Tensor, k: int) -> torch.Tensor:
     return w
 
 
-def train(cfg: TrainConfig) -> Path:
-    """Run training; returns the run directory (model in ``RUN/model``)."""
+def train(cfg: TrainConfig, overwrite: bool = False) -> Path:
+    """Run training; returns the run directory (model in ``RUN/model``).
+
+    ``RUN`` must be new, empty, or an earlier ``fmmc train`` run: a stopped one is taken up again (its
+    features are in the cache), a finished one is replaced only with ``overwrite`` (:mod:`fmmc.core.outputs`).
+    The model folder appears when it is complete.
+    """
+    from fmmc.core.outputs import atomic_dir, check_output_dir, write_marker
     from fmmc.model.classifier import MaterialClassifier
     from fmmc.model.encoder import build_encoder
 
     t0 = time.time()
     seed_everything(cfg.seed)
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = check_output_dir(cfg.out, "train", overwrite)
+    write_marker(out, "train", complete=False)
+    (out / "failures.txt").unlink(missing_ok=True)  # an earlier run's, not this one's
     save_config(cfg, out / "train_config.yaml")
     taxonomy = load_taxonomy(cfg.taxonomy)
     train_regions, val_regions = split_for_training(cfg)
@@ -158,7 +165,7 @@ def train(cfg: TrainConfig) -> Path:
 
     encoder = build_encoder(cfg.streams, cfg.feature_spec(), cfg.text_encoder, cfg.describer, device=cfg.device,
                             batch_size=cfg.extract_batch_size, cache_dir=cfg.cache_dir, use_cache=cfg.mode == "head",
-                            compile=cfg.compile and cfg.mode == "head")
+                            cache_required=True, compile=cfg.compile and cfg.mode == "head")
     head = MaterialHead(encoder.vision_dim, encoder.text_dim, len(taxonomy), cfg.hidden, cfg.dropout, cfg.streams)
 
     if cfg.mode == "head":
@@ -170,7 +177,8 @@ def train(cfg: TrainConfig) -> Path:
 
     model = MaterialClassifier.from_parts(cfg, taxonomy, encoder, head,
                                           trained_classes=[str(r.label) for r in train_regions])
-    model.save_pretrained(out / "model", include_backbone=cfg.mode == "full")
+    with atomic_dir(out / "model", "model", overwrite=True) as tmp:  # the run's own model, replaced as a whole
+        model.save_pretrained(tmp, include_backbone=cfg.mode == "full")
     summary["seconds"] = round(time.time() - t0, 1)
     summary["streams"] = cfg.streams
     if notes:
@@ -179,6 +187,7 @@ def train(cfg: TrainConfig) -> Path:
     if summary["failures"]:
         (out / "failures.txt").write_text("".join(f"{i}\t{m}\n" for i, m in summary["failures"]))
         print(f"{len(summary['failures'])} region(s) skipped; see {out / 'failures.txt'}")
+    write_marker(out, "train", complete=True)
     log.info("model saved to %s", out / "model")
     return out
 

@@ -1,9 +1,20 @@
-"""Pooled-feature cache: ``<root>/<namespace>/shard-*.safetensors`` + ``index.jsonl``.
+"""Pooled-feature cache: ``<root>/<namespace>/{shard,part}-*.safetensors`` + ``index.jsonl``.
 
-The namespace hashes everything that changes a feature (backbone spec, input size, pooling, mask rule,
-dtype); the key hashes the image bytes and the mask bytes. New vectors are buffered and written as a
-new shard every ``shard_size`` vectors (atomically: temp file + rename, then one index line per key), so
-a crash loses at most the unflushed buffer and memory stays bounded. Reads memory-map shards lazily.
+The namespace hashes everything that changes a feature (backbone spec, weights fingerprint, input size,
+pooling, mask rule, dtype); the key hashes the image bytes and the mask bytes.
+
+Durability: :meth:`FeatureCache.commit` (called after every batch) writes the batch's new vectors as a
+small ``part-*`` file (temp file, fsync, rename) and then appends one ``index.jsonl`` line per key
+(fsync). A process killed at any moment (``kill -9``, a preempted node) therefore loses at most the batch
+in flight, and a half-written file is never indexed. Once this process's parts hold ``shard_size``
+vectors (and at :meth:`compact`) they are merged into one ``shard-*`` file; the merged shard's index
+lines come later in the file, and the last line of a key whose file exists wins, so a kill during a
+merge leaves a valid cache too. Each process merges only its own parts, so several writers can share a
+cache. Reads memory-map shards lazily.
+
+A cache that cannot be written (read-only disk, full disk, a path under a file) raises
+:class:`CacheUnwritable` from the constructor or a write when ``required``; otherwise it warns once and
+keeps serving what it has, writing nothing (inference does not need a cache; ``fmmc features`` does).
 
     >>> cache = FeatureCache("~/.cache/fmmc/features", namespace_of({"backbone": "hf:facebook/dinov2-base"}))  # doctest: +SKIP
 """
@@ -12,15 +23,24 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import threading
+import uuid
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors import safe_open
 
+from fmmc.core.errors import describe_os_error
 from fmmc.core.io import save_safetensors
+
+log = logging.getLogger(__name__)
+
+
+class CacheUnwritable(OSError):
+    """The feature cache cannot be written; the message names the folder and the fix."""
 
 
 def namespace_of(settings: dict[str, Any]) -> str:
@@ -37,30 +57,42 @@ def default_cache_dir() -> Path:
 
 class FeatureCache:
     def __init__(self, root: str | Path, namespace: str, settings: dict[str, Any] | None = None,
-                 shard_size: int = 2048) -> None:
+                 shard_size: int = 2048, required: bool = True) -> None:
         self.dir = Path(root).expanduser() / namespace
-        self.dir.mkdir(parents=True, exist_ok=True)
         self.shard_size = shard_size
+        self.required = required
+        self.writable = True
         self._lock = threading.Lock()
         self._index: dict[str, str] = {}
         self._pending: dict[str, torch.Tensor] = {}
+        self._own_parts: dict[str, list[str]] = {}  # part file -> its keys (this process's, not yet merged)
         self._handles: dict[str, Any] = {}
-        if settings is not None and not (self.dir / "settings.json").exists():
-            (self.dir / "settings.json").write_text(json.dumps(settings, indent=1, sort_keys=True, default=str))
+        self._index_checked = False
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            if settings is not None and not (self.dir / "settings.json").exists():
+                from fmmc.core.io import write_text_atomic
+
+                write_text_atomic(self.dir / "settings.json", json.dumps(settings, indent=1, sort_keys=True, default=str))
+        except OSError as e:
+            self._cannot_write(e)
         self._load_index()
 
+    # --- reading ---
     def _load_index(self) -> None:
         idx = self.dir / "index.jsonl"
-        if not idx.exists():
+        if not idx.is_file():
             return
-        with open(idx, encoding="utf-8") as f:
+        present = {p.name for p in self.dir.glob("*.safetensors")}
+        with open(idx, encoding="utf-8", errors="replace") as f:
             for line in f:
                 try:
                     rec = json.loads(line)
-                except json.JSONDecodeError:
-                    continue  # torn last line after a crash
-                if (self.dir / rec["shard"]).exists():
-                    self._index[rec["key"]] = rec["shard"]
+                    key, shard = rec["key"], rec["shard"]
+                except (json.JSONDecodeError, KeyError, TypeError):
+                    continue  # a torn line after a crash
+                if shard in present:
+                    self._index[key] = shard  # the last line whose file exists wins (a merge's lines come later)
 
     def __len__(self) -> int:
         return len(self._index) + len(self._pending)
@@ -77,39 +109,109 @@ class FeatureCache:
                 return None
             h = self._handles.get(shard)
             if h is None:
+                if not (self.dir / shard).is_file():  # merged by another process since we read the index
+                    self._index.clear()
+                    self._handles.clear()
+                    self._load_index()
+                    shard = self._index.get(key)
+                    if shard is None:
+                        return None
                 h = self._handles[shard] = safe_open(str(self.dir / shard), framework="pt")
             return h.get_tensor(key)
 
+    # --- writing ---
     def put(self, key: str, value: torch.Tensor) -> None:
+        """Buffer a vector; it is on disk after the next :meth:`commit`."""
         with self._lock:
             if key in self._index:
                 return
             self._pending[key] = value.detach().to("cpu", torch.float32).contiguous().clone()
-            if len(self._pending) >= self.shard_size:
-                self._flush_locked()
 
-    def flush(self) -> None:
+    def commit(self) -> None:
+        """Write the buffered vectors durably (one ``part-*`` file + index lines); merge parts when they fill a shard."""
         with self._lock:
-            self._flush_locked()
+            self._commit_locked()
+            if sum(len(k) for k in self._own_parts.values()) >= self.shard_size:
+                self._merge_locked()
 
-    def _flush_locked(self) -> None:
+    flush = commit
+
+    def compact(self) -> None:
+        """Commit, then merge this process's parts into one shard (end of a run)."""
+        with self._lock:
+            self._commit_locked()
+            if len(self._own_parts) > 1:
+                self._merge_locked()
+
+    def _commit_locked(self) -> None:
         if not self._pending:
             return
-        n = len(list(self.dir.glob("shard-*.safetensors")))
-        while (self.dir / f"shard-{n:05d}.safetensors").exists():
-            n += 1
-        name = f"shard-{n:05d}.safetensors"
-        save_safetensors(self._pending, self.dir / name)
-        with open(self.dir / "index.jsonl", "a", encoding="utf-8") as f:
-            for key in self._pending:
-                f.write(json.dumps({"key": key, "shard": name}) + "\n")
-                self._index[key] = name
+        if not self.writable:
+            self._pending.clear()  # kept in memory by the caller's results; nothing to write
+            return
+        name = f"part-{uuid.uuid4().hex[:12]}.safetensors"
+        try:
+            save_safetensors(self._pending, self.dir / name, fsync=True)
+            self._append_index(list(self._pending), name)
+        except OSError as e:
+            try:
+                (self.dir / name).unlink(missing_ok=True)  # written but not indexed: never half-valid
+            except OSError:
+                pass
+            self._pending.clear()
+            self._cannot_write(e)
+            return
+        self._own_parts[name] = list(self._pending)
+        self._pending.clear()
+
+    def _merge_locked(self) -> None:
+        if not self.writable or not self._own_parts:
+            return
+        tensors: dict[str, torch.Tensor] = {}
+        for part, keys in self._own_parts.items():
+            with safe_open(str(self.dir / part), framework="pt") as h:
+                for k in keys:
+                    tensors[k] = h.get_tensor(k)
+        name = f"shard-{uuid.uuid4().hex[:12]}.safetensors"
+        try:
+            save_safetensors(tensors, self.dir / name, fsync=True)
+            self._append_index(list(tensors), name)
+        except OSError as e:  # the parts are still there and indexed: nothing is lost
+            (self.dir / name).unlink(missing_ok=True)
+            log.warning("feature cache %s: could not merge parts (%s); they stay as they are",
+                        self.dir, describe_os_error(e))
+            return
+        for part in self._own_parts:
+            self._handles.pop(part, None)
+            (self.dir / part).unlink(missing_ok=True)
+        self._own_parts.clear()
+
+    def _append_index(self, keys: list[str], shard: str) -> None:
+        path = self.dir / "index.jsonl"
+        with open(path, "a+b") as f:
+            if not self._index_checked:  # a line torn by a crash must not swallow our first line
+                self._index_checked = True
+                if f.tell() > 0:
+                    f.seek(-1, os.SEEK_END)
+                    if f.read(1) != b"\n":
+                        f.write(b"\n")
+            f.write("".join(json.dumps({"key": k, "shard": shard}) + "\n" for k in keys).encode())
             f.flush()
             os.fsync(f.fileno())
-        self._pending.clear()
+        for k in keys:
+            self._index[k] = shard
+
+    def _cannot_write(self, e: OSError) -> None:
+        message = (f"feature cache {self.dir} cannot be written: {describe_os_error(e)}; set --cache-dir or "
+                   "$FMMC_CACHE to a writable folder")
+        if self.required:
+            raise CacheUnwritable(e.errno, message) from e
+        if self.writable:
+            log.warning("%s (running without storing features)", message)
+        self.writable = False
 
     def __enter__(self) -> FeatureCache:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.flush()
+        self.compact()

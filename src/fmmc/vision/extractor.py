@@ -284,10 +284,12 @@ class FeatureExtractor:
                     results[i] = f
                     if self.cache is not None:
                         self.cache.put(key, f)
+                if self.cache is not None:
+                    self.cache.commit()  # durable per batch: a killed run redoes at most this one
             bar.update(len(batch_idx))
         bar.close()
         if self.cache is not None:
-            self.cache.flush()
+            self.cache.compact()
         ok = sorted(results)
         feats = torch.stack([results[i] for i in ok]) if ok else torch.empty(0, self.backbone.feature_dim)
         if failures:

@@ -50,7 +50,7 @@ import numpy as np
 from PIL import Image
 
 from fmmc.data.dataset import DatasetError
-from fmmc.data.imageio import image_size
+from fmmc.data.imageio import ImageError, image_size
 from fmmc.data.readers.spec import TestSet, format_size, list_images, problem_list
 from fmmc.data.records import Region
 
@@ -128,9 +128,9 @@ def taxonomy_names(root: str | Path, taxonomy: str | Path | None = None) -> list
             raise DatasetError(f"DMS taxonomy file {path} does not exist")
         return dms_names()
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(path.read_text(encoding="utf-8-sig"))  # a byte-order mark is fine
         names = data["names"] if isinstance(data, dict) else data
-    except (json.JSONDecodeError, KeyError, TypeError) as e:
+    except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as e:
         raise DatasetError(f"{path}: expected a DMS taxonomy.json with a 'names' list ({e})") from e
     if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
         raise DatasetError(f"{path}: 'names' must be a list of strings")
@@ -150,8 +150,12 @@ def read_label_map(path: str | Path) -> np.ndarray:
                 raise DatasetError(f"{path}: label map has mode {im.mode}; expected a single-channel PNG whose "
                                    "values index taxonomy.json names (DMS labels/*.png)")
             return np.asarray(im).astype(np.int64)
-    except OSError as e:
-        raise DatasetError(f"{path}: cannot read the label map: {e}") from e
+    except DatasetError:
+        raise
+    except Exception as e:  # noqa: BLE001 - Pillow raises many types on corrupt bytes (see imageio._decode_error)
+        if isinstance(e, MemoryError):
+            raise
+        raise DatasetError(f"{path}: cannot read the label map: {str(e) or type(e).__name__}") from e
 
 
 def check_values(arr: np.ndarray, n_names: int, path: str | Path) -> None:
@@ -220,8 +224,8 @@ def load_dms(root: str | Path, split: str | None = None, cache_dir: str | Path |
         values, counts = np.unique(arr, return_counts=True)
         try:
             isize = image_size(img)
-        except OSError as e:
-            problems.append(f"{img}: cannot read the image: {e}")
+        except ImageError as e:
+            problems.append(f"{img}: cannot read the image: {e.problem}")
             continue
         if isize != (arr.shape[1], arr.shape[0]):
             problems.append(f"{img}: image is {format_size(isize)} but its label map {lab_path} is "

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from fmmc.data.dataset import DatasetError
-from fmmc.data.imageio import image_size
+from fmmc.data.imageio import ImageError, image_size
 from fmmc.data.readers.spec import (
     TestSet,
     class_map,
@@ -66,8 +66,8 @@ def load_fmd(root: str | Path, missing: str = "error", map: str = "fmd", *,  # n
                 continue
             try:
                 isize, msize = image_size(img), image_size(mask)
-            except OSError as e:  # PIL's UnidentifiedImageError is an OSError
-                problems.append(f"{img}: cannot read the image or its mask {mask}: {e}")
+            except ImageError as e:  # names the file that failed (the image or its mask)
+                problems.append(f"{img}: cannot read the image or its mask: {e}")
                 continue
             if isize != msize:
                 problems.append(f"{img}: image is {format_size(isize)} but its mask {mask} is {format_size(msize)}")

@@ -12,10 +12,12 @@ from fmmc.data.dataset import DatasetError, load_dataset, metadata_path
 from fmmc.data.readers.spec import TestSet
 
 
-def load_jsonl(root: str | Path, split: str | None = None, *, cache_dir: str | Path | None = None) -> TestSet:
-    """The fmmc format; ``split`` given: only that split. Not given: ``test`` if any line has it, else all."""
+def load_jsonl(root: str | Path, split: str | None = None, *, cache_dir: str | Path | None = None,
+               allow_outside_root: bool = False) -> TestSet:
+    """The fmmc format; ``split`` given: only that split. Not given: ``test`` if any line has it, else all.
+    Paths must stay inside the dataset folder unless ``allow_outside_root`` (:func:`load_dataset`)."""
     root = Path(root).expanduser()
-    regions = load_dataset(root)
+    regions = load_dataset(root, allow_outside_root=allow_outside_root)
     splits = Counter(r.split for r in regions)
     present = {str(k): v for k, v in splits.items()}
     notes = []

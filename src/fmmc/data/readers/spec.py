@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 
 KINDS = tuple(registry("dataset").entries)  # fmd, dms, folder, jsonl
 READER_ARGS = ("split", "cache_dir")  # what load_test_set passes every reader besides the spec's options
+TRUST_ARG = "allow_outside_root"  # passed only to readers of metadata files (jsonl), never a spec option
 
 
 @dataclass
@@ -75,7 +76,8 @@ def spec_forms() -> str:
 def reader_options(kind: str) -> set[str]:
     """The options a built-in reader takes: its keyword parameters after the path, less ``split``/``cache_dir``."""
     params = list(inspect.signature(registry("dataset").entries[kind].load()).parameters.values())[1:]
-    return {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name not in READER_ARGS}
+    return {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+            and p.name not in (*READER_ARGS, TRUST_ARG)}
 
 
 def parse_data_spec(spec: str) -> DataSpec:
@@ -110,12 +112,15 @@ def parse_data_spec(spec: str) -> DataSpec:
     return DataSpec(kind, path, options, text)
 
 
-def load_test_set(spec: str, split: str | None = None, cache_dir: str | Path | None = None) -> TestSet:
+def load_test_set(spec: str, split: str | None = None, cache_dir: str | Path | None = None,
+                  allow_outside_root: bool = False) -> TestSet:
     """Load the test set named by ``spec`` through the ``dataset`` registry. ``cache_dir`` holds materialised
-    DMS region masks."""
+    DMS region masks; ``allow_outside_root`` lets a ``jsonl:`` dataset name files outside its folder
+    (:func:`fmmc.data.dataset.load_dataset`; ``$FMMC_ALLOW_OUTSIDE_PATHS=1`` does too)."""
     ds = parse_data_spec(spec)
     target = f"{ds.kind}:{ds.path}" if ds.path is not None else ds.kind
-    ts = build("dataset", target, split=split, cache_dir=cache_dir, **ds.options)
+    trust = {TRUST_ARG: True} if allow_outside_root and ds.kind == "jsonl" else {}
+    ts = build("dataset", target, split=split, cache_dir=cache_dir, **trust, **ds.options)
     if isinstance(ts, list):
         ts = TestSet(ds.text, ds.kind, ts)
     if not isinstance(ts, TestSet):
