@@ -135,33 +135,21 @@ def _out_file(args: argparse.Namespace) -> tuple[Path | None, Path | None]:
     """``--out F`` and its journal ``.F.partial.jsonl``, checked before any work: F must not be a folder or
     lie under a file, an existing F is replaced only with --overwrite, an interrupted run's journal is
     continued only with --resume (or discarded with --overwrite); the folder must be writable."""
-    from fmmc.core.outputs import OutputRefused, probe_writable
+    from fmmc.core.outputs import OutputRefused, check_output_file
 
     if not args.out:
         if args.resume:
             raise ValueError("--resume needs --out FILE (the run to continue)")
         return None, None
-    out = Path(args.out).expanduser()
-    journal = out.with_name(f".{out.name}.partial.jsonl")
-    if out.is_dir():
-        raise OutputRefused(f"--out {out}: is a folder; give a file path (.jsonl or .csv)")
-    for parent in out.parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise OutputRefused(f"--out {out}: {parent} is a file, so nothing can be written under it; "
-                                    "choose another path")
-            break
     if args.resume and args.overwrite:
         raise ValueError("--resume continues an interrupted run and --overwrite starts again: give one of them")
-    if out.exists() and not args.overwrite:
-        raise OutputRefused(f"--out {out}: exists (a finished run?); pass --overwrite to replace it, or choose "
-                            "another file (it was left as it is)")
+    out = check_output_file(args.out, args.overwrite)
+    journal = out.with_name(f".{out.name}.partial.jsonl")
     if journal.is_file() and not (args.resume or args.overwrite):
         raise OutputRefused(f"--out {out}: an interrupted run left its finished predictions in {journal}; pass "
                             "--resume to continue it, or --overwrite to start again")
     if args.overwrite:
         journal.unlink(missing_ok=True)
-    probe_writable(out.parent)
     return out, journal
 
 

@@ -44,13 +44,20 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dms-images", metavar="DIR", help="with --eval-dms: the RGB images (with or without <split>/), "
                                                        "if not in DIR/images/")
     p.add_argument("--limit", type=int, help="with --eval-dms: at most N images")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier `fmmc segment` output (or report file)")
     p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N, mps, or auto (cuda, else mps, else cpu)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from fmmc.core.outputs import check_output_dir, check_output_file, write_marker
     from fmmc.model.classifier import MaterialClassifier, parse_classes
+
+    if args.eval_dms and args.out:
+        check_output_file(args.out, args.overwrite)  # before any work
+    elif args.out:
+        check_output_dir(args.out, "segment", args.overwrite)
 
     overrides = {k: getattr(args, k) for k in ("segmenter", "describer") if getattr(args, k, None)}
     model = MaterialClassifier.from_pretrained(args.model, device=args.device, **overrides)
@@ -76,6 +83,7 @@ def run(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"{src}: no such image or folder")
     from fmmc.data.imageio import ImageError, load_image
 
+    write_marker(args.out, "segment", complete=False)
     failed = 0
     for path, out in targets:
         try:
@@ -91,6 +99,7 @@ def run(args: argparse.Namespace) -> int:
     if failed == len(targets):
         print(f"fmmc segment: error: nothing segmented: all {failed} image(s) failed (see above)", file=sys.stderr)
         return 1
+    write_marker(args.out, "segment", complete=True)
     return 0
 
 
@@ -108,7 +117,8 @@ def _evaluate(model, args: argparse.Namespace, opts: dict) -> int:
         for name, msg in report["failures"]:
             print(f"  {name}: {msg}", file=sys.stderr)
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(report, indent=1))
+        from fmmc.core.io import write_text_atomic
+
+        write_text_atomic(args.out, json.dumps(report, indent=1))
         print(f"report written to {args.out}", file=sys.stderr)
     return 0

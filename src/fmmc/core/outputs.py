@@ -63,12 +63,7 @@ def check_output_dir(out: str | Path, kind: str, overwrite: bool = False, option
     out = Path(out).expanduser()
     if out.exists() and not out.is_dir():
         raise OutputRefused(f"{option} {out}: is a file, not a folder; give a folder path (the file is left as it is)")
-    for parent in out.parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise OutputRefused(f"{option} {out}: {parent} is a file, so no folder can be made under it; "
-                                    "choose another path")
-            break
+    _check_parents(out, option)
     if out.is_dir() and any(out.iterdir()):
         marker = read_marker(out)
         if marker is None:
@@ -82,6 +77,29 @@ def check_output_dir(out: str | Path, kind: str, overwrite: bool = False, option
                                 "it, or choose another folder")
     probe_writable(out)
     return out
+
+
+def check_output_file(out: str | Path, overwrite: bool = False, option: str = "--out") -> Path:
+    """Refuse an output file fmmc must not write, before any work: a folder, a path under a file, or an
+    existing file without ``overwrite``; the folder it goes in must be writable. Returns the path."""
+    out = Path(out).expanduser()
+    if out.is_dir():
+        raise OutputRefused(f"{option} {out}: is a folder; give a file path")
+    _check_parents(out, option)
+    if out.exists() and not overwrite:
+        raise OutputRefused(f"{option} {out}: exists; pass --overwrite to replace it, or choose another file "
+                            "(it was left as it is)")
+    probe_writable(out.parent)
+    return out
+
+
+def _check_parents(out: Path, option: str) -> None:
+    for parent in out.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise OutputRefused(f"{option} {out}: {parent} is a file, so nothing can be made under it; "
+                                    "choose another path")
+            return
 
 
 def probe_writable(folder: Path) -> None:

@@ -259,27 +259,22 @@ def build_dataset(records: list[dict[str, Any]], root: Path, out: Path, cfg: Bui
             warnings.append(f"class {c!r} has {counts_by_label[c]} images, under the target of {target}")
     splits = split(kept, cfg.val_fraction, seed, cfg.split_by)
 
-    tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    regions = write_folder(kept, splits, root, tmp, cfg)
-    counts: dict[str, dict[str, int]] = {}
-    for reg in regions:
-        counts.setdefault(str(reg.label), Counter())[str(reg.split)] += 1  # type: ignore[index]
-    counts = {c: dict(counts.get(c, {})) for c in classes if c in counts}
-    models = {key: dict(Counter(str(r.get(key)) for r in kept if r.get(key)))
-              for key in ("model_id", "grounder", "segmenter")}
-    report = BuildReport(out, counts, dict(sorted((k, v) for k, v in rejects.items() if v)), warnings, models)
-    (tmp / "taxonomy.json").write_text(json.dumps(taxonomy.to_dict(), indent=1) + "\n")
-    (tmp / "build_report.json").write_text(json.dumps(report.to_json(), indent=1) + "\n")
-    write_contact_sheets(regions, tmp / "contact_sheets", taxonomy, cfg.contact_sheet_max, cfg.thumb_size, seed)
-    write_card(tmp / "README.md", report, classes, config)
-    if out.exists():
-        old = out.with_name(f"{out.name}.old-{os.getpid()}")
-        os.replace(out, old)
-        os.replace(tmp, out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, out)
+    from fmmc.core.outputs import atomic_dir
+
+    # the run's own dataset folder, rebuilt as a whole; a folder fmmc did not write is refused, never replaced
+    with atomic_dir(out, "synth-dataset", overwrite=True) as tmp:
+        regions = write_folder(kept, splits, root, tmp, cfg)
+        counts: dict[str, dict[str, int]] = {}
+        for reg in regions:
+            counts.setdefault(str(reg.label), Counter())[str(reg.split)] += 1  # type: ignore[index]
+        counts = {c: dict(counts.get(c, {})) for c in classes if c in counts}
+        models = {key: dict(Counter(str(r.get(key)) for r in kept if r.get(key)))
+                  for key in ("model_id", "grounder", "segmenter")}
+        report = BuildReport(out, counts, dict(sorted((k, v) for k, v in rejects.items() if v)), warnings, models)
+        (tmp / "taxonomy.json").write_text(json.dumps(taxonomy.to_dict(), indent=1) + "\n")
+        (tmp / "build_report.json").write_text(json.dumps(report.to_json(), indent=1) + "\n")
+        write_contact_sheets(regions, tmp / "contact_sheets", taxonomy, cfg.contact_sheet_max, cfg.thumb_size, seed)
+        write_card(tmp / "README.md", report, classes, config)
     for w in warnings:
         log.warning("build: %s", w)
     log.info("dataset %s: %d regions in %d classes", out, report.total, len(counts))
