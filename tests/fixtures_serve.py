@@ -130,14 +130,23 @@ def free_port() -> int:
 
 
 class LiveServer:
-    """A real uvicorn server on 127.0.0.1 in a background thread: ``with LiveServer(app) as url: ...``."""
+    """A real uvicorn server on 127.0.0.1 in a background thread: ``with LiveServer(app) as url: ...``.
+
+    It runs the protocol ``fmmc serve`` runs (``fmmc.serve.protocol``: JSON 400 for malformed HTTP, header
+    deadline, lingering close), with the app's own settings.
+    """
 
     def __init__(self, app: Any, port: int | None = None) -> None:
         import uvicorn
 
+        from fmmc.serve.protocol import protocol_class
+        from fmmc.serve.settings import ServeSettings
+
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on")
+        settings = getattr(getattr(app, "state", None), "settings", None) or ServeSettings()
+        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on",
+                                http=protocol_class(settings))
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, name=f"uvicorn-{self.port}", daemon=True)
 

@@ -1,9 +1,11 @@
-"""``fmmc serve MODEL [--host 127.0.0.1 --port 8000 --token T ...]``: the HTTP API and web page.
+"""``fmmc serve MODEL [--host 127.0.0.1 --port 8000 ...]``: the HTTP API and web page.
 
     $ fmmc serve runs/demo/model                       # http://127.0.0.1:8000/ (page), /docs (API)
-    $ fmmc serve runs/demo/model --host 0.0.0.0 --token "$(openssl rand -hex 16)" --max-concurrency 2
+    $ export FMMC_SERVE_TOKEN=$(openssl rand -hex 16)  # the token from the environment, not argv
+    $ fmmc serve runs/demo/model --host 0.0.0.0 --max-concurrency 2
 
-Needs ``pip install 'fmmc[serve]'``. See docs/serving.md.
+Prefer ``$FMMC_SERVE_TOKEN`` to ``--token``: a command line is visible to every user of the machine
+(``ps``, ``/proc/<pid>/cmdline``). Needs ``pip install 'fmmc[serve]'``. See docs/serving.md.
 """
 
 from __future__ import annotations
@@ -22,9 +24,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--host", default="127.0.0.1", help="interface to listen on (default loopback only)")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--token", default=os.environ.get("FMMC_SERVE_TOKEN"),
-                   help="require 'Authorization: Bearer TOKEN' on /v1/* (default $FMMC_SERVE_TOKEN; none = open)")
+                   help="require 'Authorization: Bearer TOKEN' on /v1/* (default $FMMC_SERVE_TOKEN, which is better: "
+                        "a command line is visible to other users; none = open)")
     p.add_argument("--max-upload-mb", type=float, default=20.0, help="largest request body (413 above)")
     p.add_argument("--max-pixels", type=int, default=40_000_000, help="largest image, width x height (413 above)")
+    p.add_argument("--max-pixels-in-flight", type=int, default=None,
+                   help="decoded pixels of all requests at once (default 2 x --max-pixels); more wait in line")
+    p.add_argument("--queue-timeout", type=float, default=10.0,
+                   help="seconds a request may wait for that pixel budget (503 'busy' after)")
+    p.add_argument("--read-timeout", type=float, default=10.0,
+                   help="seconds to send the request headers, and the longest pause in a body (408 after)")
     p.add_argument("--timeout", type=float, default=60.0, help="seconds per request (504 after)")
     p.add_argument("--max-concurrency", type=int, default=4, help="requests worked on at once")
     p.add_argument("--max-queue", type=int, default=32, help="requests waiting beyond those (503 'busy' above)")
@@ -51,7 +60,8 @@ def settings_from_args(args: argparse.Namespace) -> object:
     if args.device:  # from_pretrained(device=...): resolved (and refused in one line) there
         overrides["device"] = args.device
     return ServeSettings(host=args.host, port=args.port, token=args.token or None, max_upload_mb=args.max_upload_mb,
-                         max_pixels=args.max_pixels, timeout=args.timeout, max_concurrency=args.max_concurrency,
+                         max_pixels=args.max_pixels, max_pixels_in_flight=args.max_pixels_in_flight,
+                         queue_timeout=args.queue_timeout, read_timeout=args.read_timeout, timeout=args.timeout, max_concurrency=args.max_concurrency,
                          max_queue=args.max_queue, batch_window_ms=args.batch_window_ms, max_batch=args.max_batch,
                          cors_origins=tuple(args.cors_origin), segment_mode=args.segment_mode,
                          points_per_side=args.points_per_side, preload=args.preload, model_overrides=overrides,
@@ -64,6 +74,7 @@ def run(args: argparse.Namespace) -> int:
     except ImportError as e:
         raise ImportError("fmmc serve needs the serve extra: pip install 'fmmc[serve]'") from e
     from fmmc.serve import create_app
+    from fmmc.serve.protocol import protocol_class
 
     settings = settings_from_args(args)
     if args.host not in ("127.0.0.1", "localhost", "::1") and not args.token:
@@ -75,7 +86,8 @@ def run(args: argparse.Namespace) -> int:
                     "dataset descriptions, which a new photo lacks", args.model)
     _warm_up(app.state.runtime, args.model)
     print(f"fmmc serving {args.model} on http://{args.host}:{args.port}/ (API docs at /docs)", file=sys.stderr)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="info" if args.verbose else "warning")
+    uvicorn.run(app, host=args.host, port=args.port, http=protocol_class(settings),  # type: ignore[arg-type]
+                log_level="info" if args.verbose else "warning")
     return 0
 
 
@@ -83,8 +95,11 @@ def _warm_up(runtime: object, model: str) -> None:
     """Build the model (and the ``--preload`` components) before anything says it is serving: a component that
     cannot load ends the command with one line instead of a traceback from inside the server."""
     from fmmc.cli.main import CLIError
+    from fmmc.core.errors import is_io_fault
+    from fmmc.serve.errors import os_error_line
 
     try:
         runtime.warm_up()  # type: ignore[attr-defined]
     except (RuntimeError, ValueError, ImportError, OSError) as e:
-        raise CLIError(f"not serving {model}: {' '.join(str(e).split())}") from e
+        text = os_error_line(e) if is_io_fault(e) else str(e)  # type: ignore[arg-type]
+        raise CLIError(f"not serving {model}: {' '.join(text.split())}") from e

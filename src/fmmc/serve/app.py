@@ -17,7 +17,6 @@ Every error is ``{"error": {"code", "message"}}``; see ``docs/serving.md`` for t
 """
 
 import base64
-import hmac
 import io
 import logging
 import time
@@ -25,10 +24,10 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from fastapi import Depends, FastAPI, File, Form, UploadFile
+from fastapi import FastAPI, File, Form, Security, UploadFile
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.security import HTTPBearer
 from fastapi.staticfiles import StaticFiles
 from PIL import Image
 
@@ -37,20 +36,21 @@ from fmmc.serve.middleware import GuardMiddleware
 from fmmc.serve.runtime import Runtime
 from fmmc.serve.schemas import ClassifyResponse, ErrorResponse, Health, ModelInfo, SegmentResponse
 from fmmc.serve.settings import ServeSettings
+from fmmc.serve.uploads import check_type, decode_image, decode_mask, header_pixels, upload_name
 
 log = logging.getLogger(__name__)
 
 STATIC = Path(__file__).parent / "static"
-IMAGE_TYPES = {"image/jpeg", "image/png", "image/webp", "image/bmp", "image/x-ms-bmp", "image/tiff", "image/gif"}
-GENERIC_TYPES = {"", "application/octet-stream"}  # no type given: the decoder decides
 CLASSES_HELP = ("comma-separated class names to choose from, or 'all' for the whole taxonomy "
                 "(default: the classes the model was trained on)")
 _ERRORS: dict[int | str, dict[str, Any]] = {
     s: {"model": ErrorResponse, "description": d} for s, d in {
-        400: "malformed image or mask", 401: "missing or wrong bearer token", 404: "object not found",
+        400: "malformed image or mask, or malformed HTTP", 401: "missing or wrong bearer token",
+        404: "object not found", 408: "request headers or body too slow to arrive",
         413: "upload or image too large", 415: "not multipart/form-data, or not an image",
-        422: "invalid field or prompt (point outside the image, zero-area box)", 503: "busy or component unavailable",
-        504: "timed out"}.items()}
+        422: "invalid field or prompt (point outside the image, zero-area box)",
+        500: "a file-system fault on the server (io_error) or a bug (internal)",
+        503: "busy (queue full, or too many pixels in flight) or component unavailable", 504: "timed out"}.items()}
 
 
 def _floats(text: str, n: int, name: str, fmt: str) -> tuple[float, ...]:
@@ -61,32 +61,6 @@ def _floats(text: str, n: int, name: str, fmt: str) -> tuple[float, ...]:
     if len(vals) != n:
         raise ApiError(422, "bad_prompt", f"{name} {text!r}: expected {fmt} ({n} comma-separated numbers)")
     return vals
-
-
-def _check_type(upload: UploadFile, field: str) -> None:
-    ctype = (upload.content_type or "").split(";")[0].strip().lower()
-    if ctype not in IMAGE_TYPES | GENERIC_TYPES:
-        raise ApiError(415, "unsupported_media_type",
-                       f"{field} {upload.filename or ''!r} has type {ctype!r}; send a JPEG, PNG, WebP, BMP, TIFF or GIF")
-
-
-def decode_image(data: bytes, name: str, max_pixels: int) -> Image.Image:
-    """Upload bytes -> RGB image; 413 over ``max_pixels`` (checked from the header), 400 if unreadable."""
-    from fmmc.data.imageio import load_image
-
-    if not data:
-        raise ApiError(400, "bad_image", f"{name}: empty upload (0 bytes); send the image file's bytes")
-    try:
-        with Image.open(io.BytesIO(data)) as im:
-            w, h = im.size
-    except Image.DecompressionBombError as e:
-        raise ApiError(413, "image_too_large", f"{name}: {e}") from e
-    except Exception:  # noqa: BLE001 - unreadable: load_image below says why, as a 400
-        w = h = 0
-    if w * h > max_pixels:
-        raise ApiError(413, "image_too_large", f"{name}: image is {w}x{h} = {w * h:,} pixels, over the limit of "
-                                               f"{max_pixels:,}; downscale it")
-    return load_image(data, name=name, max_pixels=max_pixels)
 
 
 def _mask_json(mask: Any, fmt: str) -> dict[str, Any] | None:
@@ -138,21 +112,15 @@ def create_app(model_or_path: Any, settings: ServeSettings | None = None, name: 
     app.state.runtime = runtime
     app.state.settings = settings
     install_handlers(app)
+    # the guard decides auth, body size and type from the headers alone (middleware.py); CORS sits outside
+    # it, so a cross-origin client can read the guard's answers too
+    app.add_middleware(GuardMiddleware, max_body=settings.max_upload_bytes, token=settings.token,
+                       read_timeout=settings.read_timeout)
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=list(settings.cors_origins), allow_methods=["GET", "POST"],
                            allow_headers=["Authorization", "Content-Type"])
-    app.add_middleware(GuardMiddleware, max_body=settings.max_upload_bytes)
-
-    bearer = HTTPBearer(auto_error=False, description="required when the server was started with --token")
-
-    async def require_token(cred: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> None:
-        if settings.token is None:
-            return
-        if cred is None or not hmac.compare_digest(cred.credentials.encode(), settings.token.encode()):
-            raise ApiError(401, "unauthorized", "missing or wrong bearer token: send 'Authorization: Bearer <token>'",
-                           {"WWW-Authenticate": "Bearer"})
-
-    auth = [Depends(require_token)]
+    # declared for the OpenAPI schema only: GuardMiddleware has already checked the token on every /v1/* path
+    auth = [Security(HTTPBearer(auto_error=False, description="required when the server was started with a token"))]
 
     def parsed_classes(classes: str | None) -> list[str] | str | None:
         """The ``classes`` field (None: the trained classes, ``all``, or names); unknown names: 422."""
@@ -197,9 +165,9 @@ def create_app(model_or_path: Any, settings: ServeSettings | None = None, name: 
             "non-binary masks (JPEG, anti-aliased): pixels >= this are the region (default 128)"))] = None,
     ) -> dict[str, Any]:
         t0 = time.perf_counter()
-        _check_type(image, "image")
+        check_type(image, "image")
         if mask is not None:
-            _check_type(mask, "mask")
+            check_type(mask, "mask")
         prompts: dict[str, Any] = {}
         if point:
             prompts["point"] = _floats(point, 2, "point", "x,y")
@@ -217,19 +185,20 @@ def create_app(model_or_path: Any, settings: ServeSettings | None = None, name: 
         description = request_description(description)
         data = await image.read()
         mask_data = await mask.read() if mask is not None else None
-        image_name = image.filename or "image"
-        mask_name = (mask.filename or "mask") if mask is not None else "mask"
+        image_name = upload_name(image, "image")
+        mask_name = upload_name(mask, "mask")
+        pixels = header_pixels(data, image_name, settings.max_pixels)  # 400/413 from the headers, before any decode
+        if mask_data is not None:
+            pixels += header_pixels(mask_data, mask_name, settings.max_pixels)
 
         def work() -> tuple[Any, Any, dict[str, Any], str | None]:
-            from fmmc.data.regions import as_mask
             from fmmc.model.classifier import RegionInput
 
             img = decode_image(data, image_name, settings.max_pixels)
             region: dict[str, Any] = {"source": "image"}
             m = None
             if mask_data is not None:
-                m = as_mask(mask_data, img.size, name=mask_name, threshold=mask_threshold,
-                            max_pixels=settings.max_pixels)
+                m = decode_mask(mask_data, img.size, mask_name, mask_threshold, settings.max_pixels)
                 region = {"source": "mask"}
             elif prompts:
                 rp = resolve_prompt(model, img, **prompts)
@@ -237,7 +206,7 @@ def create_app(model_or_path: Any, settings: ServeSettings | None = None, name: 
             pred = runtime.classify_sync(RegionInput(img, m, description, names_subset))
             return pred.probs, m, region, pred.description
 
-        probs, m, region, desc = await runtime.run(work)
+        probs, m, region, desc = await runtime.run(work, pixels=pixels)
         order = probs.argsort()[::-1][:top_k]
         names = model.labels
         best = int(order[0])
@@ -263,7 +232,7 @@ def create_app(model_or_path: Any, settings: ServeSettings | None = None, name: 
         from fmmc.model.maps.render import png_base64
 
         t0 = time.perf_counter()
-        _check_type(image, "image")
+        check_type(image, "image")
         pps = points_per_side or settings.points_per_side
         if pps > settings.max_points_per_side:
             raise ApiError(422, "invalid_request", f"points_per_side={pps} is over this server's limit of "
@@ -271,7 +240,8 @@ def create_app(model_or_path: Any, settings: ServeSettings | None = None, name: 
         chosen_classes = parsed_classes(classes)
         description = request_description(description)
         data = await image.read()
-        image_name = image.filename or "image"
+        image_name = upload_name(image, "image")
+        pixels = header_pixels(data, image_name, settings.max_pixels)
         chosen = mode or settings.segment_mode
 
         def work() -> dict[str, Any]:
@@ -285,7 +255,7 @@ def create_app(model_or_path: Any, settings: ServeSettings | None = None, name: 
             out["confidence_png_base64"] = png_base64(mmap.confidence_image())
             return out
 
-        out = await runtime.run(work)
+        out = await runtime.run(work, pixels=pixels)
         out["timing_ms"] = round((time.perf_counter() - t0) * 1000, 2)
         return out
 

@@ -2,7 +2,8 @@
 
 Library exceptions map to statuses here, in one place: bad image files 400, prompts outside the image
 422, objects not found 404, weights that cannot load (or an unreachable describer endpoint) 503 at once,
-anything unexpected 500 (logged, never shown).
+a file-system fault on the server 500 ``io_error`` (one line naming the path, from
+:func:`fmmc.core.errors.describe_os_error`), anything else unexpected 500 (logged, never shown).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 log = logging.getLogger(__name__)
 
 _HTTP_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
-               413: "too_large", 415: "unsupported_media_type", 422: "invalid_request", 429: "busy", 503: "busy",
+               408: "timeout", 413: "too_large", 415: "unsupported_media_type", 422: "invalid_request", 429: "busy", 503: "busy",
                504: "timeout"}
 
 
@@ -43,6 +44,7 @@ def error_response(status: int, code: str, message: str, headers: dict[str, str]
 
 def from_exception(e: BaseException) -> ApiError:
     """The ApiError a library exception stands for."""
+    from fmmc.core.errors import is_io_fault
     from fmmc.core.hub import WeightsUnavailableError
     from fmmc.data.imageio import ImageError
     from fmmc.grounding.prompts import PromptError, RegionNotFound
@@ -61,8 +63,23 @@ def from_exception(e: BaseException) -> ApiError:
         return ApiError(503, "component_unavailable", str(e))
     if isinstance(e, ValueError):
         return ApiError(422, "invalid_request", str(e))
+    if is_io_fault(e):  # a full disk, a read-only mount... on the server: one line naming the path
+        message = os_error_line(e)  # type: ignore[arg-type]
+        log.error("I/O fault while serving a request: %s", message)
+        return ApiError(500, "io_error", message)
     log.exception("unexpected error while serving a request", exc_info=e)
     return ApiError(500, "internal", "internal error; see the server log")
+
+
+def os_error_line(e: OSError) -> str:
+    """One line for a file-system fault: :func:`~fmmc.core.errors.describe_os_error` for an OS error (it
+    names the path and the fix); the own message of a library's OSError subclass that already says it all
+    (``CacheUnwritable``: raised with an errno and a full message, but no path)."""
+    from fmmc.core.errors import describe_os_error
+
+    if e.filename is None and type(e).__module__ != "builtins" and e.strerror:
+        return " ".join(str(e.strerror).split())
+    return describe_os_error(e)
 
 
 def install_handlers(app: FastAPI) -> None:
