@@ -12,7 +12,14 @@ import torch
 
 from fmmc.core.errors import describe_os_error
 from fmmc.core.journal import Journal, JournalMismatch
-from fmmc.core.outputs import MARKER, OutputRefused, atomic_dir, check_output_dir, check_output_file, write_marker
+from fmmc.core.outputs import (
+    MARKER,
+    OutputRefused,
+    atomic_dir,
+    check_output_dir,
+    check_output_file,
+    write_marker,
+)
 from fmmc.vision.cache import CacheUnwritable, FeatureCache
 
 

@@ -31,7 +31,7 @@ def big_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _fmmc(*args: str) -> list[str]:
-    return [sys.executable, "-m", "fmmc.cli.main", *args]
+    return [sys.executable, "-m", "fmmc", *args]
 
 
 def _kill_when(cmd: list[str], ready, stderr_path: Path, timeout: float = 120.0) -> bool:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import argparse
 
-from fmmc.cli.options import add_allow_outside
+from fmmc.cli.options import add_allow_outside, add_num_workers
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -37,6 +37,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-plots", action="store_true", help="skip the PNG figures")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     add_allow_outside(p)
+    add_num_workers(p)
     p.set_defaults(func=run)
 
 
@@ -48,6 +49,6 @@ def run(args: argparse.Namespace) -> int:
                             progress=not args.quiet, plots=not args.no_plots)
     metrics = run_eval(args.model, args.data, args.out, settings, cache_dir=args.cache_dir,
                        describer=args.describer, device=args.device, overwrite=args.overwrite,
-                       allow_outside_root=args.allow_outside_paths)
+                       allow_outside_root=args.allow_outside_paths, num_workers=args.num_workers)
     print(console_summary(metrics, out=args.out))
     return 0

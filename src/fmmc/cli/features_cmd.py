@@ -15,7 +15,7 @@ import argparse
 import sys
 from typing import TypeVar
 
-from fmmc.cli.options import add_allow_outside
+from fmmc.cli.options import add_allow_outside, add_num_workers
 
 T = TypeVar("T")
 
@@ -33,7 +33,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--image-size", type=int)
     p.add_argument("--pooling", choices=["max", "mean", "cls"])
     p.add_argument("--min-coverage", type=float)
-    p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"])
+    p.add_argument("--dtype", choices=["fp32", "bf16", "fp16", "auto"],
+                   help="backbone precision: bf16/fp16 cast the frozen weights; auto = bf16 where the device has "
+                        "native bf16 (CUDA, AVX512-BF16/AMX CPUs), else fp32 (part of the cache key)")
+    p.add_argument("--decoder", choices=["pil", "pil-draft"],
+                   help="pil: full decode (default, the one rule); pil-draft: JPEG DCT-scaled decode, faster on large "
+                        "photos, slightly other pixels (part of the cache key)")
     p.add_argument("--null-mask", action="store_true", default=None, help="pool the whole image (ablation)")
     p.add_argument("--device", default="auto", help="auto (cuda when the worker has a GPU), cpu, cuda, cuda:1")
     p.add_argument("--batch-size", type=int, help="images per forward pass and per engine batch (default 8)")
@@ -41,6 +46,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_engine_args(p)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     add_allow_outside(p)
+    add_num_workers(p)
     p.set_defaults(func=run)
 
 
@@ -81,6 +87,7 @@ def run(args: argparse.Namespace) -> int:
                 pooling=_pick(args.pooling, cfg.pooling), min_coverage=_pick(args.min_coverage, cfg.min_coverage),
                 dtype=_pick(args.dtype, cfg.dtype), device=args.device, batch_size=batch_size,
                 cache_dir=cache_dir, null_mask=bool(_pick(args.null_mask, cfg.null_mask)),
+                decoder=_pick(args.decoder, cfg.decoder), num_workers=_pick(args.num_workers, cfg.num_workers),
             )
             rep = extract_features(regions, job, engine, progress=not args.quiet, **resources)
             failed += len(rep.failures)

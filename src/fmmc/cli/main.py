@@ -195,5 +195,7 @@ def entry() -> None:
     sys.exit(main())
 
 
-if __name__ == "__main__":
-    entry()
+if __name__ == "__main__":  # `python -m fmmc.cli.main`: run the imported module, so its exception classes are the ones caught
+    from fmmc.cli.main import entry as _entry
+
+    _entry()

@@ -11,3 +11,10 @@ ALLOW_OUTSIDE_HELP = ("trust the dataset: accept absolute paths and ../ that lea
 def add_allow_outside(p: argparse.ArgumentParser) -> None:
     """``--allow-outside-paths`` (:mod:`fmmc.data.confine`)."""
     p.add_argument("--allow-outside-paths", action="store_true", help=ALLOW_OUTSIDE_HELP)
+
+
+def add_num_workers(p: argparse.ArgumentParser) -> None:
+    """``--num-workers N``: processes that decode images for feature extraction (:mod:`fmmc.vision.loading`)."""
+    p.add_argument("--num-workers", type=int, metavar="N",
+                   help="processes decoding images (default: up to 8 with a GPU; on a CPU 0 up to 2 cores, else a "
+                        "quarter of them); 0 decodes in this process, one batch ahead in a thread")

@@ -17,7 +17,7 @@ import json
 import sys
 from pathlib import Path
 
-from fmmc.cli.options import add_allow_outside
+from fmmc.cli.options import add_allow_outside, add_num_workers
 from fmmc.core.paths import IMAGE_EXTS
 
 OUT_SUFFIXES = (".jsonl", ".json", ".csv")
@@ -68,6 +68,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                                        "that cannot be written is skipped with a warning")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_allow_outside(p)
+    add_num_workers(p)
     p.set_defaults(func=run)
 
 
@@ -85,7 +86,8 @@ def run(args: argparse.Namespace) -> int:
     from fmmc.model.classifier import MaterialClassifier, parse_classes
 
     overrides = {k: getattr(args, k) for k in ("segmenter", "grounder", "describer") if getattr(args, k, None)}
-    model = MaterialClassifier.from_pretrained(args.model, device=args.device, cache_dir=args.cache_dir, **overrides)
+    model = MaterialClassifier.from_pretrained(args.model, device=args.device, cache_dir=args.cache_dir,
+                                               num_workers=args.num_workers, **overrides)
     classes = parse_classes(args.classes)
     src = Path(args.input)
     if src.is_dir():

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from fmmc.cli.options import add_allow_outside
+from fmmc.cli.options import add_allow_outside, add_num_workers
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -26,6 +26,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("overrides", nargs="*", help="key=value TrainConfig overrides")
     add_allow_outside(p)
+    add_num_workers(p)
     p.set_defaults(func=run)
 
 
@@ -42,6 +43,8 @@ def run(args: argparse.Namespace) -> int:
             overrides.insert(0, f"{key}={val}")
     if args.quiet:
         overrides.append("progress=false")
+    if args.num_workers is not None:
+        overrides.append(f"num_workers={args.num_workers}")
     if args.allow_outside_paths:
         overrides.append("allow_outside_paths=true")
     cfg = load_config(TrainConfig, args.config, overrides)

@@ -39,6 +39,7 @@ class FeatureJob(FeatureSpec):
 
     device: str = "auto"  # auto: cuda when the worker has a GPU, else cpu
     batch_size: int = 8  # images per forward pass (and per engine batch)
+    num_workers: int | None = None  # decoding processes per stage (None: the default for the device)
     cache_dir: str | None = None  # as TrainConfig.cache_dir: None = ~/.cache/fmmc (or $FMMC_CACHE)
 
 
@@ -55,7 +56,8 @@ class FeatureStage:
         backbone = build("backbone", job.backbone, image_size=job.image_size)
         self.extractor = FeatureExtractor(backbone, pooling=job.pooling, min_coverage=job.min_coverage,
                                           batch_size=job.batch_size, dtype=job.dtype,
-                                          device=resolve_device(job.device), cache=None)
+                                          device=resolve_device(job.device), cache=None,
+                                          num_workers=job.num_workers, decoder=job.decoder)
         log.info("feature stage ready: %s on %s", job.backbone, self.extractor.device)
 
     def __call__(self, items: list[Item]) -> list[Item]:

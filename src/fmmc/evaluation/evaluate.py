@@ -213,7 +213,7 @@ def _short_name(spec: str) -> str:
 def run_eval(model: str | Any, data: str, out: str | Path | None, settings: EvalSettings | None = None,
              cache_dir: str | Path | None = None, describer: str | None = None, device: str = "cpu",
              test_set: TestSet | None = None, overwrite: bool = False,
-             allow_outside_root: bool = False) -> dict[str, Any]:
+             allow_outside_root: bool = False, num_workers: int | None = None) -> dict[str, Any]:
     """Load the test set and model, evaluate, write ``out`` (when given; checked before any work, see
     :func:`write_evaluation`); returns the metrics."""
     from fmmc.core.outputs import check_output_dir
@@ -224,7 +224,8 @@ def run_eval(model: str | Any, data: str, out: str | Path | None, settings: Eval
         check_output_dir(out, "eval", overwrite)
     s = settings or EvalSettings()
     ts = test_set or load_test_set(data, split=s.split, cache_dir=cache_dir, allow_outside_root=allow_outside_root)
-    m = load_eval_model(model, cache_dir=cache_dir, describer=describer, device=device) if isinstance(model, str) else model
+    m = (load_eval_model(model, cache_dir=cache_dir, describer=describer, device=device, num_workers=num_workers)
+         if isinstance(model, str) else model)
     journal = eval_journal(out, m, ts, s) if out is not None else None
     try:
         ev = evaluate(m, ts, s, journal)

@@ -43,7 +43,7 @@ class EvalModel(Protocol):
 
 
 def load_eval_model(spec: str, cache_dir: str | Path | None = None, describer: str | None = None,
-                    device: str = "cpu") -> Any:
+                    device: str = "cpu", num_workers: int | None = None) -> Any:
     """Build the model named by ``spec`` (``describer`` replaces a trained model's test-time describer)."""
     spec = spec.strip()
     if spec.startswith("zeroshot:"):
@@ -53,7 +53,8 @@ def load_eval_model(spec: str, cache_dir: str | Path | None = None, describer: s
     from fmmc.model.classifier import MaterialClassifier
 
     overrides = {"describer": describer} if describer else {}
-    model = MaterialClassifier.from_pretrained(spec, device=device, cache_dir=cache_dir, **overrides)
+    model = MaterialClassifier.from_pretrained(spec, device=device, cache_dir=cache_dir, num_workers=num_workers,
+                                               **overrides)
     model.spec = spec
     return model
 

@@ -111,6 +111,7 @@ class MaterialClassifier:
         self._backbone_state: dict[str, torch.Tensor] | None = None
         self._device = "cpu"
         self._cache_dir: str | Path | None = None
+        self._num_workers: int | None = None
         # region components (segmenter, grounder) built on first use by fmmc.grounding.prompts, or failed builds
         self.components: dict[str, Any] = {}
 
@@ -157,12 +158,13 @@ class MaterialClassifier:
 
     @classmethod
     def from_pretrained(cls, source: str | Path, device: str = "cpu", cache_dir: str | Path | None = None,
-                        **overrides: Any) -> MaterialClassifier:
+                        num_workers: int | None = None, **overrides: Any) -> MaterialClassifier:
         """Load from a directory written by ``save_pretrained`` or a hub repo id holding one.
 
         ``overrides`` replace config entries at load time, e.g. ``describer="openai:gpt-4o-mini"``.
         ``cache_dir`` is where the streams keep features and descriptions (as ``TrainConfig.cache_dir``;
-        default ``~/.cache/fmmc`` or ``$FMMC_CACHE``). ``device``: ``cpu``, ``cuda``, ``cuda:N``, ``mps`` or
+        default ``~/.cache/fmmc`` or ``$FMMC_CACHE``). ``num_workers``: decoding processes for batch
+        prediction (None: the device's default, :mod:`fmmc.vision.loading`). ``device``: ``cpu``, ``cuda``, ``cuda:N``, ``mps`` or
         ``auto``, resolved by :func:`fmmc.core.device.resolve_device` (one that is not there: ValueError).
         """
         from safetensors.torch import load_file
@@ -195,6 +197,7 @@ class MaterialClassifier:
         model._backbone_state = {k[9:]: v for k, v in state.items() if k.startswith("backbone.")} or None
         model._device = device
         model._cache_dir = cache_dir
+        model._num_workers = num_workers
         return model
 
     def fingerprint(self) -> str:
@@ -222,7 +225,7 @@ class MaterialClassifier:
             self._encoder = build_encoder(
                 c.streams, c.feature_spec() if c.backbone else None, c.text_encoder, c.describer,
                 device=self._device, cache_dir=self._cache_dir, backbone_state=self._backbone_state,
-                preprocess=c.preprocess)
+                preprocess=c.preprocess, num_workers=self._num_workers)
         return self._encoder
 
     @property

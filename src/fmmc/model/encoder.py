@@ -116,6 +116,7 @@ class TwoStreamEncoder:
 def build_encoder(streams: str, features: FeatureSpec | None, text_encoder: str | None, describer: str | None, *,
                   device: str = "cpu", batch_size: int = 8, cache_dir: str | Path | None = None,
                   use_cache: bool = True, cache_required: bool = False, compile: bool = False,
+                  num_workers: int | None = None, frozen: bool = True,
                   backbone: torch.nn.Module | None = None,
                   backbone_state: dict[str, torch.Tensor] | None = None,
                   preprocess: dict[str, Any] | None = None) -> TwoStreamEncoder:
@@ -126,7 +127,8 @@ def build_encoder(streams: str, features: FeatureSpec | None, text_encoder: str 
     keyed on them. ``preprocess``: the preprocessing a trained model recorded: it is what the backbone
     uses, with a warning when the checkpoint's own processor now says otherwise. ``cache_required``: a
     cache that cannot be written is an error (training, whose resume relies on it); otherwise (inference)
-    it is skipped with one warning. ``compile`` =
+    it is skipped with one warning. ``num_workers``: decoding processes (None: the default for the device,
+    :mod:`fmmc.vision.loading`). ``frozen=False`` (fine-tuning) keeps fp32 weights under autocast. ``compile`` =
     torch.compile the backbone. The feature cache is keyed by :meth:`FeatureExtractor.settings`, which
     includes a fingerprint of the weights, so it is safe whatever was loaded.
     """
@@ -146,7 +148,8 @@ def build_encoder(streams: str, features: FeatureSpec | None, text_encoder: str 
         if preprocess is not None:
             bb.preprocess = recorded_preprocess(bb.preprocess, preprocess, getattr(bb, "spec", features.backbone))
         extractor = FeatureExtractor(bb, pooling=features.pooling, min_coverage=features.min_coverage,
-                                     batch_size=batch_size, compile=compile, dtype=features.dtype, device=device)
+                                     batch_size=batch_size, compile=compile, dtype=features.dtype, device=device,
+                                     num_workers=num_workers, decoder=features.decoder, frozen=frozen)
         if use_cache:
             settings = extractor.settings()
             root = Path(cache_dir) / "features" if cache_dir else default_cache_dir()
@@ -171,7 +174,7 @@ def _description_cache(root: Path, required: bool) -> Any:
         return DescriptionCache(root / "descriptions.sqlite")
     except OSError as e:
         message = (f"description cache {root / 'descriptions.sqlite'} cannot be written: {describe_os_error(e)}; "
-                   "set --cache-dir or $FMMC_CACHE to a writable folder")
+                   "point $FMMC_CACHE (or --cache-dir, where a command has it) at a writable folder")
         if required:
             raise CacheUnwritable(e.errno, message) from e
         log.warning("%s (running without storing descriptions)", message)

@@ -41,5 +41,6 @@ class TrainConfig(FeatureSpec):
     seed: int = 0
     device: str = "cpu"
     extract_batch_size: int = 8
+    num_workers: int | None = None  # decoding processes for feature extraction (None: the default for the device)
     cache_dir: str | None = None  # default ~/.cache/fmmc (or $FMMC_CACHE)
     progress: bool = True

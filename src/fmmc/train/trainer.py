@@ -165,7 +165,11 @@ def train(cfg: TrainConfig, overwrite: bool = False) -> Path:
 
     encoder = build_encoder(cfg.streams, cfg.feature_spec(), cfg.text_encoder, cfg.describer, device=cfg.device,
                             batch_size=cfg.extract_batch_size, cache_dir=cfg.cache_dir, use_cache=cfg.mode == "head",
-                            cache_required=True, compile=cfg.compile and cfg.mode == "head")
+                            cache_required=True, num_workers=cfg.num_workers, frozen=cfg.mode == "head",
+                            compile=cfg.compile and cfg.mode == "head")
+    if encoder.extractor is not None and encoder.extractor.dtype != cfg.dtype:  # dtype=auto: record what ran
+        log.info("dtype %s -> %s (%s)", cfg.dtype, encoder.extractor.dtype, encoder.extractor.dtype_reason)
+        cfg = replace(cfg, dtype=encoder.extractor.dtype)
     head = MaterialHead(encoder.vision_dim, encoder.text_dim, len(taxonomy), cfg.hidden, cfg.dropout, cfg.streams)
 
     if cfg.mode == "head":

@@ -100,6 +100,11 @@ class FeatureCache:
     def __contains__(self, key: str) -> bool:
         return key in self._index or key in self._pending
 
+    def keys(self) -> frozenset[str]:
+        """Every key on disk or buffered (a snapshot: e.g. for decoding workers to skip cached regions)."""
+        with self._lock:
+            return frozenset(self._index) | frozenset(self._pending)
+
     def get(self, key: str) -> torch.Tensor | None:
         with self._lock:
             if key in self._pending:
@@ -202,8 +207,8 @@ class FeatureCache:
             self._index[k] = shard
 
     def _cannot_write(self, e: OSError) -> None:
-        message = (f"feature cache {self.dir} cannot be written: {describe_os_error(e)}; set --cache-dir or "
-                   "$FMMC_CACHE to a writable folder")
+        message = (f"feature cache {self.dir} cannot be written: {describe_os_error(e)}; point $FMMC_CACHE (or "
+                   "--cache-dir, where a command has it) at a writable folder")
         if self.required:
             raise CacheUnwritable(e.errno, message) from e
         if self.writable:

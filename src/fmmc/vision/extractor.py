@@ -13,12 +13,9 @@ files (:meth:`FeatureExtractor.extract_regions`) or from memory (:meth:`FeatureE
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 import torch
@@ -26,48 +23,33 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from fmmc.core.device import resolve_device
-from fmmc.data.imageio import ImageError, file_sha256
 from fmmc.data.records import Region
-from fmmc.data.regions import DECODE_RULE, MASK_RULE, load_region, region_threshold
+from fmmc.data.regions import MASK_RULE
 from fmmc.vision.cache import FeatureCache
 from fmmc.vision.fingerprint import weights_fingerprint
+from fmmc.vision.loading import (
+    DECODERS,
+    Loaded,
+    Prepared,
+    RegionLoader,
+    default_workers,
+    iter_batches,
+    region_key,
+    to_pixels,
+    worker_stopped,
+)
 from fmmc.vision.pooling import mask_to_grid, pool
+from fmmc.vision.precision import DTYPES, resolve_dtype
 from fmmc.vision.protocol import Preprocess, as_output
+
+__all__ = ["FeatureExtractor", "Loaded", "Prepared", "region_key", "to_pixels"]
 
 log = logging.getLogger(__name__)
 
-_RESAMPLE = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR, "nearest": Image.NEAREST, "lanczos": Image.LANCZOS,
-             "box": Image.BOX, "hamming": Image.HAMMING}  # every PIL filter a preprocessor_config.json may name
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 CPU_PIXELS_PER_CALL = 4 * 224 * 224  # default forward_batch on CPU: see FeatureExtractor
 
 
 POOL_CHUNK = 16  # masks pooled at once: bounds memory at 16 x C x h x w floats
-
-
-@dataclass
-class Prepared:
-    pixels: torch.Tensor  # [3, H, W] normalised
-    cells: torch.Tensor  # [h, w] bool
-
-
-class Loaded(NamedTuple):
-    key: str  # the region's cache key ("" when it failed)
-    prepared: Prepared | None  # None: cached, or failed
-    error: str | None
-
-
-def to_pixels(image: Image.Image, pre: Preprocess) -> torch.Tensor:
-    """Resize (no crop) and normalise one RGB image -> [3, H, W] float32."""
-    h, w = pre.image_size
-    if pre.resample not in _RESAMPLE:
-        raise ValueError(f"preprocess.resample={pre.resample!r}: choose one of {sorted(_RESAMPLE)}")
-    if image.size != (w, h):
-        image = image.resize((w, h), _RESAMPLE[pre.resample])
-    x = torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1).float().div_(255.0)
-    mean = torch.tensor(pre.mean).view(3, 1, 1)
-    std = torch.tensor(pre.std).view(3, 1, 1)
-    return x.sub_(mean).div_(std)
 
 
 class FeatureExtractor:
@@ -84,6 +66,9 @@ class FeatureExtractor:
         compile: bool = False,
         forward_batch: int | None = None,
         channels_last: bool | None = None,
+        num_workers: int | None = None,
+        decoder: str = "pil",
+        frozen: bool = True,
     ) -> None:
         """``batch_size`` regions are loaded (in a prefetch thread), cached and pooled together; the backbone
         sees ``forward_batch`` images per call during inference. Default on CPU: about 200k input pixels per
@@ -98,11 +83,31 @@ class FeatureExtractor:
         ``compile=True`` runs inference forwards through ``torch.compile`` (inductor): 1.1x for DINOv2-B on
         CPU after a one-off compile of 5-30 s, so it pays off from a few hundred images. Every compiled call
         gets a full ``forward_batch`` (short ones are padded), so it compiles once.
+
+        ``dtype`` (:mod:`fmmc.vision.precision`): ``fp32``, ``bf16``/``fp16`` (a ``frozen`` backbone's weights
+        are cast; one being fine-tuned runs under autocast) or ``auto`` (bf16 where the device has native
+        bf16, else fp32; :attr:`dtype_reason` says why). ``num_workers`` decoding processes (None: see
+        :func:`fmmc.vision.loading.default_workers`) and ``decoder`` (``pil`` | ``pil-draft``):
+        :mod:`fmmc.vision.loading`.
         """
-        if dtype not in DTYPES:
-            raise ValueError(f"dtype {dtype!r}: choose one of {list(DTYPES)}")
         self.device = torch.device(resolve_device(device))  # "auto", and a clear error for an absent GPU
+        dtype, self.dtype_reason = resolve_dtype(dtype, self.device)
+        if decoder not in DECODERS:
+            raise ValueError(f"decoder {decoder!r}: choose one of {sorted(DECODERS)}")
+        if num_workers is not None and num_workers < 0:
+            raise ValueError(f"num_workers={num_workers}: use 0 (decode in this process) or more")
+        self.num_workers = default_workers(self.device) if num_workers is None else num_workers
+        self.decoder = decoder
+        self.frozen = frozen
+        self._cast = frozen and dtype != "fp32"
         self.backbone = backbone.to(self.device)
+        self._fingerprint: str | None = None
+        if self._cast:
+            self._fingerprint = weights_fingerprint(self.backbone)  # of the weights as loaded, before the cast
+            self.backbone.to(DTYPES[dtype])
+        if dtype != "fp32":
+            log.info("backbone runs in %s (%s%s)", dtype, self.dtype_reason,
+                     ", weights cast" if self._cast else ", autocast while fine-tuning")
         if channels_last is None:
             channels_last = sum(isinstance(m, torch.nn.Conv2d) for m in backbone.modules()) > 1
         self.channels_last = channels_last
@@ -120,7 +125,6 @@ class FeatureExtractor:
         self.dtype = dtype
         self.cache = cache
         self.prefetch = prefetch
-        self._fingerprint: str | None = None
 
     # --- settings that change a feature (the cache namespace) ---
     def settings(self) -> dict[str, Any]:
@@ -135,7 +139,7 @@ class FeatureExtractor:
             "pooling": self.pooling,
             "min_coverage": self.min_coverage,
             "dtype": self.dtype,
-            "decode": DECODE_RULE,
+            "decode": DECODERS[self.decoder],
             "mask_rule": MASK_RULE,
         }
 
@@ -146,9 +150,11 @@ class FeatureExtractor:
         """The one backbone forward: pixels ``[N, 3, H, W]`` -> (feature map ``[N, C, h, w]``, global token
         ``[N, C]`` or None), in ``forward_batch`` chunks during inference, under the configured dtype."""
         pixels = pixels.to(self.device, non_blocking=True)
+        if self._cast:
+            pixels = pixels.to(DTYPES[self.dtype])
         if self.channels_last:
             pixels = pixels.contiguous(memory_format=torch.channels_last)
-        ctx = (torch.autocast(self.device.type, dtype=DTYPES[self.dtype]) if self.dtype != "fp32"
+        ctx = (torch.autocast(self.device.type, dtype=DTYPES[self.dtype]) if self.dtype != "fp32" and not self._cast
                else contextlib.nullcontext())
         n = pixels.shape[0]
         inference = not torch.is_grad_enabled()
@@ -224,28 +230,20 @@ class FeatureExtractor:
         cls = None if tokens[0] is None else torch.cat(tokens)
         return self.pool_cells(fmap, cls, cells, torch.tensor(index, dtype=torch.long)).cpu()
 
+    def region_loader(self, cached: frozenset[str] = frozenset()) -> RegionLoader:
+        """What decoding workers need (no model, no cache handle): :mod:`fmmc.vision.loading`."""
+        return RegionLoader(self.pre, self.min_coverage, self.decoder, cached)
+
     def load(self, region: Region, decoded: dict[Any, tuple[Image.Image, torch.Tensor]] | None = None) -> Loaded:
         """A region's cache key and inputs (``prepared`` None when cached), or the error that stops it.
 
         ``decoded`` (image path -> (image, pixels)) lets regions of one image share one decode and one
         pixel tensor, and so one forward pass (see :meth:`extract_regions`).
         """
-        try:
-            key = region_key(region)
-            if self.cache is not None and key in self.cache:
-                return Loaded(key, None, None)
-            seen = decoded.get(region.image) if decoded is not None else None
-            img, mask = load_region(region, image=None if seen is None else seen[0])
-            pixels = to_pixels(img, self.pre) if seen is None else seen[1]
-            if decoded is not None and seen is None:
-                decoded[region.image] = (img, pixels)
-            return Loaded(key, Prepared(pixels, mask_to_grid(mask, self.pre.grid, self.min_coverage)), None)
-        except (ImageError, ValueError, OSError) as e:
-            return Loaded("", None, str(e))
+        return self.region_loader().load(region, decoded, self._in_cache)
 
-    def _load_chunk(self, regions: Sequence[Region], idx: list[int]) -> list[Loaded]:
-        decoded: dict[Any, tuple[Image.Image, torch.Tensor]] = {}
-        return [self.load(regions[i], decoded) for i in idx]
+    def _in_cache(self, key: str) -> bool:
+        return self.cache is not None and key in self.cache
 
     def extract_regions(
         self, regions: Sequence[Region], progress: bool = True, desc: str = "features"
@@ -259,34 +257,46 @@ class FeatureExtractor:
         results: dict[int, torch.Tensor] = {}
         failures: list[tuple[str, str]] = []
         bar = tqdm(total=len(regions), desc=desc, unit="img", disable=not progress, dynamic_ncols=True)
-        for batch_idx, loaded in self._batches(regions):
-            todo = []
-            for i, (key, prep, err) in zip(batch_idx, loaded, strict=True):
-                if err is not None:
-                    failures.append((regions[i].id, err))
-                elif prep is None:
-                    results[i] = self.cache.get(key)  # type: ignore[union-attr]
-                else:
-                    todo.append((i, key, prep))
-            if todo:
-                # regions of one image share its pixel tensor (see load): one forward pass per image
-                row_of: dict[int, int] = {}
-                pixels, index = [], []
-                for _, _, p in todo:
-                    if id(p.pixels) not in row_of:
-                        row_of[id(p.pixels)] = len(pixels)
-                        pixels.append(p.pixels)
-                    index.append(row_of[id(p.pixels)])
-                with torch.inference_mode():
-                    feats = self.pooled(torch.stack(pixels), torch.stack([p.cells for _, _, p in todo]),
-                                        _index(index, len(pixels))).cpu()
-                for (i, key, _), f in zip(todo, feats):
-                    results[i] = f
+        try:
+            for batch_idx, loaded in self._batches(regions):
+                todo = []
+                for i, (key, prep, err) in zip(batch_idx, loaded, strict=True):
+                    if err is not None:
+                        failures.append((regions[i].id, err))
+                    elif prep is None:
+                        results[i] = self.cache.get(key)  # type: ignore[union-attr]
+                    else:
+                        todo.append((i, key, prep))
+                if todo:
+                    # regions of one image share its pixel tensor (see load): one forward pass per image
+                    row_of: dict[int, int] = {}
+                    pixels, index = [], []
+                    for _, _, p in todo:
+                        if id(p.pixels) not in row_of:
+                            row_of[id(p.pixels)] = len(pixels)
+                            pixels.append(p.pixels)
+                        index.append(row_of[id(p.pixels)])
+                    batch = torch.stack(pixels)
+                    if self.device.type == "cuda":  # page-locked: the copy to the GPU overlaps with compute
+                        batch = batch.pin_memory()
+                    with torch.inference_mode():
+                        feats = self.pooled(batch, torch.stack([p.cells for _, _, p in todo]),
+                                            _index(index, len(pixels))).cpu()
+                    for (i, key, _), f in zip(todo, feats):
+                        results[i] = f
+                        if self.cache is not None:
+                            self.cache.put(key, f)
                     if self.cache is not None:
-                        self.cache.put(key, f)
-                if self.cache is not None:
-                    self.cache.commit()  # durable per batch: a killed run redoes at most this one
-            bar.update(len(batch_idx))
+                        self.cache.commit()  # durable per batch: a killed run redoes at most this one
+                bar.update(len(batch_idx))
+        except RuntimeError as e:
+            stopped = worker_stopped(e)
+            if stopped is None:
+                raise
+            raise stopped from e
+        finally:
+            if self.cache is not None:
+                self.cache.commit()  # what finished before a failure is kept
         bar.close()
         if self.cache is not None:
             self.cache.compact()
@@ -297,32 +307,12 @@ class FeatureExtractor:
         return feats, ok, failures
 
     def _batches(self, regions: Sequence[Region]) -> Iterator[tuple[list[int], list[Loaded]]]:
-        chunks = [list(range(i, min(i + self.batch_size, len(regions)))) for i in range(0, len(regions), self.batch_size)]
-        if not self.prefetch or len(chunks) <= 1:
-            for idx in chunks:
-                yield idx, self._load_chunk(regions, idx)
-            return
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="fmmc-load") as pool_:
-            nxt = pool_.submit(self._load_chunk, regions, chunks[0])
-            for k, idx in enumerate(chunks):
-                cur = nxt.result()
-                if k + 1 < len(chunks):
-                    nxt = pool_.submit(self._load_chunk, regions, chunks[k + 1])
-                yield idx, cur
+        workers = self.num_workers
+        cached = self.cache.keys() if self.cache is not None and workers > 0 else frozenset()
+        return iter_batches(self.region_loader(cached), regions, self.batch_size, workers, prefetch=self.prefetch,
+                            in_cache=self._in_cache)
 
 
 def _index(index: list[int], rows: int) -> torch.Tensor | None:
     """The mask -> image row map for :meth:`FeatureExtractor.pooled`; None when it is the identity."""
     return None if index == list(range(rows)) else torch.tensor(index, dtype=torch.long)
-
-
-def region_key(region: Region) -> str:
-    """Content hash of the image bytes + mask bytes (or box): same pixels, same key, wherever the file is."""
-    h = hashlib.sha256(file_sha256(region.image).encode())
-    if region.mask is not None:
-        h.update(b"mask:" + file_sha256(region.mask).encode())
-        if region_threshold(region) is not None:
-            h.update(f"t{region_threshold(region)}".encode())
-    elif region.box is not None:
-        h.update(("box:" + ",".join(str(v) for v in region.box)).encode())
-    return h.hexdigest()
