@@ -10,7 +10,10 @@ read-only mount or an output path that is a file reads the same wherever it happ
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import os
+from collections.abc import Iterator
 from pathlib import Path
 
 # errno -> (what happened, how to fix it)
@@ -34,6 +37,8 @@ _FAULTS: dict[int, tuple[str, str]] = {
 
 def describe_os_error(e: OSError) -> str:
     """``"<path>: <what happened> (<fix>)"`` for ``e``; errors without a path or a known errno say what they can."""
+    if e.filename is None and e.strerror and e.errno is not None and e.strerror != os.strerror(e.errno):
+        return e.strerror  # a message of ours that already names the path and the fix (e.g. CacheUnwritable)
     paths = [p for p in (e.filename, e.filename2) if p is not None]
     where = " -> ".join(str(Path(p)) if not isinstance(p, int) else f"fd {p}" for p in paths)
     known = _FAULTS.get(e.errno) if e.errno is not None else None
@@ -48,3 +53,14 @@ def is_io_fault(e: BaseException) -> bool:
     """True for an ``OSError`` about the file system (it has an errno), as opposed to a library error that
     happens to subclass OSError without one (PIL's ``UnidentifiedImageError``, some hub errors)."""
     return isinstance(e, OSError) and e.errno is not None
+
+
+@contextlib.contextmanager
+def naming(path: str | Path) -> Iterator[None]:
+    """Attach ``path`` to an ``OSError`` raised without one (a ``write()`` on a full disk names no file)."""
+    try:
+        yield
+    except OSError as e:
+        if e.filename is None and e.errno is not None:
+            raise OSError(e.errno, os.strerror(e.errno), str(path)) from e
+        raise

@@ -15,10 +15,13 @@ import contextlib
 import json
 import math
 import os
+import re
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
+
+from fmmc.core.errors import naming
 
 
 def clean_json(obj: Any) -> Any:
@@ -52,7 +55,7 @@ def atomic_file(path: str | Path, binary: bool = False) -> Iterator[IO[Any]]:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
     try:
-        with open(tmp, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8"})) as f:
+        with naming(path), open(tmp, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8"})) as f:
             yield f
             f.flush()
             os.fsync(f.fileno())
@@ -86,7 +89,13 @@ def save_safetensors(tensors: dict[str, Any], path: str | Path, metadata: dict[s
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
     try:
-        save_file(tensors, str(tmp), metadata=metadata)
+        try:
+            save_file(tensors, str(tmp), metadata=metadata)
+        except Exception as e:  # safetensors reports a full disk as SafetensorError("... Os { code: 28 ...")
+            m = re.search(r"code: (\d+)", str(e))
+            if m is None or isinstance(e, OSError):
+                raise
+            raise OSError(int(m.group(1)), os.strerror(int(m.group(1))), str(path)) from e
         if fsync:
             fd = os.open(tmp, os.O_RDONLY)
             try:

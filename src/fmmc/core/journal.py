@@ -19,6 +19,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
+from fmmc.core.errors import naming
 from fmmc.core.io import clean_json
 
 log = logging.getLogger(__name__)
@@ -78,7 +79,7 @@ class Journal:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             records = [{"journal": "fmmc", "header": self.header}, *records]
         text = "".join(json.dumps(clean_json(r), ensure_ascii=False) + "\n" for r in records)
-        with open(self.path, "ab") as f:
+        with naming(self.path), open(self.path, "ab") as f:
             if self._needs_newline:
                 f.write(b"\n")
                 self._needs_newline = False
