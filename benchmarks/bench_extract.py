@@ -18,7 +18,7 @@ Measured in one run, each phase in a fresh subprocess:
 * timing, as interleaved A/B rounds (each round: one batch through every path plus a ceiling probe, in a
   shuffled order, so every path sees the same background load; ratios are taken within a round):
   the bare model forward on ready tensors (the bound for any extraction path); fmmc fp32, fp32 with
-  ``compile=True`` (torch.compile) and bf16 (autocast); and a naive loop as a user would write it,
+  ``compile=True`` (torch.compile) and bf16 (weights cast); and a naive loop as a user would write it,
   ``AutoImageProcessor`` (448x448, no crop) + ``AutoModel``, one image per call, masked max-pool after;
 * peak RSS of each path alone (``ru_maxrss`` of a process that loads it and runs one batch);
 * min cosine between bf16 and fp32 pooled features (and compiled vs eager, fmmc vs the naive loop).
@@ -338,7 +338,7 @@ def summarize_rounds(rounds: list[dict[str, Any]], gflop: float) -> dict[str, di
 
 
 NAMES = {"forward": "bare model forward (ready tensors, no I/O)", "naive": "naive loop (processor + model, 1 img/call)", "fmmc_fp32": "fmmc extract_regions fp32",
-         "fmmc_bf16": "fmmc extract_regions bf16 autocast", "fmmc_fp32_compiled": "fmmc extract_regions fp32 compile=True"}
+         "fmmc_bf16": "fmmc extract_regions bf16 (cast)", "fmmc_fp32_compiled": "fmmc extract_regions fp32 compile=True"}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -412,7 +412,7 @@ def main(argv: list[str] | None = None) -> int:
         rss = f"{res['rss'][k] / 1024:.2f} GiB" if k in res["rss"] else "-"
         print(f"{NAMES[k]:<44}{r['img_per_s']:>7.3f}{r['gflop_per_s']:>9.1f}{of:>22}{vs:>21}{rss:>11}")
     if "fmmc_bf16" in rows:
-        print(f"(bf16 autocast: {rows['fmmc_bf16']['of_bf16_ceiling']:.2f} of the bf16 matmul ceiling)")
+        print(f"(bf16, weights cast: {rows['fmmc_bf16']['of_bf16_ceiling']:.2f} of the bf16 matmul ceiling)")
     fwd = np.median([r["fmmc_fp32"] / r["forward"] for r in rounds])
     summary["fmmc_vs_forward"] = float(fwd)
     print(f"fmmc fp32 end to end (JPEG decode, resize, masks, pooling) = {fwd:.2f} of the bare forward's rate")
