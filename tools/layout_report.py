@@ -104,7 +104,7 @@ def analyse() -> dict:
                                                                     and node.value.id in ("self", "cls")):
                     private.append(f"{mod} reads .{node.attr} (defined in {sorted(owners)})")
     rooms = sorted({room_of(m) for m in modules if m != "fmmc"})
-    loose = sorted(m for m in modules if m.count(".") == 1 and modules[m].name != "__init__.py")
+    loose = sorted(m for m in modules if m.count(".") == 1 and modules[m].name not in ("__init__.py", "__main__.py"))
     arrows = sorted({(room_of(a), room_of(b)) for a, bs in imports.items() for b in bs
                      if room_of(a) != room_of(b) and a != "fmmc" and b != "fmmc"})
     loops = sorted({tuple(sorted((a, b))) for a, bs in imports.items() for b in bs if a in imports.get(b, set())})
