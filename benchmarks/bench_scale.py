@@ -137,7 +137,8 @@ def child_train(data: str, backbone: str, cache: str, image_size: int, out: str,
     seconds = time.perf_counter() - t
     summary = json.loads((Path(out) / "summary.json").read_text())
     epochs = len((Path(out) / "train_log.jsonl").read_text().splitlines())
-    return {"rc": rc, "seconds": seconds, "epochs": epochs, "best_epoch": summary.get("best_epoch"),
+    return {"rc": rc, "seconds": seconds, "train_seconds": summary.get("seconds"), "epochs": epochs,
+            "best_epoch": summary.get("best_epoch"),
             "val_acc": summary.get("val_acc"), "prepare_seconds": summary.get("prepare_seconds"),
             "fit_seconds": summary.get("fit_seconds"), "n_train": summary.get("n_train")}
 
@@ -191,8 +192,10 @@ def report(rows: list[dict]) -> list[str]:
     by_n = {r["n"]: r for r in rows}
     if 20000 in by_n:
         t = by_n[20000]["train"]
-        lines.append(f"target 20k head training < 30 s: {t['seconds']:.1f} s -> {'met' if t['seconds'] < 30 else 'MISSED'}"
-                     f" ({t['epochs']} epochs)")
+        per_epoch = (t["fit_seconds"] or 0) / max(1, t["epochs"])
+        lines.append(f"target 20k head training < 30 s: {t['seconds']:.1f} s for the command ({t['train_seconds']} s in "
+                     f"train()) -> {'met' if t['seconds'] < 30 else 'MISSED'}; {t['epochs']} epochs (early stop), "
+                     f"{per_epoch:.2f} s/epoch: 200 epochs would take {(t['prepare_seconds'] or 0) + 200 * per_epoch:.0f} s")
     if 20000 in by_n and 200000 in by_n:
         ratio = by_n[200000]["train"]["peak_rss_mb"] / by_n[20000]["train"]["peak_rss_mb"]
         lines.append(f"target train RSS 200k / 20k <= 1.5: {ratio:.2f} -> {'met' if ratio <= 1.5 else 'MISSED'}")

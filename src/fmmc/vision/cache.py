@@ -10,7 +10,9 @@ in flight, and a half-written file is never indexed. Once this process's parts h
 vectors (and at :meth:`compact`) they are merged into one ``shard-*`` file; the merged shard's index
 lines come later in the file, and the last line of a key whose file exists wins, so a kill during a
 merge leaves a valid cache too. Each process merges only its own parts, so several writers can share a
-cache. Reads memory-map shards lazily.
+cache. :meth:`FeatureCache.get` memory-maps shards lazily; a reader of many vectors (head training,
+:mod:`fmmc.train.feature_data`) asks :meth:`FeatureCache.files_of` where they are and reads their
+:func:`tensor_spans` itself.
 
 A cache that cannot be written (read-only disk, full disk, a path under a file) raises
 :class:`CacheUnwritable` from the constructor or a write when ``required``; otherwise it warns once and
@@ -27,8 +29,9 @@ import logging
 import os
 import threading
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from safetensors import safe_open
@@ -46,6 +49,37 @@ class CacheUnwritable(OSError):
 def namespace_of(settings: dict[str, Any]) -> str:
     blob = json.dumps(settings, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
+
+
+class TensorSpan(NamedTuple):
+    """Where one tensor's bytes lie in a safetensors file: ``[start, stop)`` from the start of the file."""
+
+    dtype: str  # safetensors' name: F32, F16, BF16, ...
+    shape: tuple[int, ...]
+    start: int
+    stop: int
+
+
+MAX_HEADER = 1 << 30  # a safetensors header larger than this is a damaged length field, not a header
+
+
+def tensor_spans(path: str | Path) -> dict[str, TensorSpan]:
+    """The byte span of every tensor in a safetensors file, from its header alone (8-byte little-endian
+    length + JSON, https://github.com/huggingface/safetensors#format): lets a reader take a few vectors
+    with ``os.pread`` without mapping or loading the file."""
+    with open(path, "rb") as f:
+        head = f.read(8)
+        size = int.from_bytes(head, "little") if len(head) == 8 else -1
+        try:
+            if not 0 < size <= MAX_HEADER:
+                raise ValueError(f"header length {size}")
+            header = json.loads(f.read(size))
+            base = 8 + size
+            return {k: TensorSpan(v["dtype"], tuple(v["shape"]), base + v["data_offsets"][0], base + v["data_offsets"][1])
+                    for k, v in header.items() if k != "__metadata__"}
+        except (ValueError, KeyError, TypeError, IndexError) as e:
+            raise ValueError(f"{path}: not a readable safetensors file ({e}); delete it: its features are "
+                             "extracted again by the next run") from e
 
 
 def default_cache_dir() -> Path:
@@ -84,6 +118,7 @@ class FeatureCache:
         if not idx.is_file():
             return
         present = {p.name for p in self.dir.glob("*.safetensors")}
+        names: dict[str, str] = {}
         with open(idx, encoding="utf-8", errors="replace") as f:
             for line in f:
                 try:
@@ -92,7 +127,9 @@ class FeatureCache:
                 except (json.JSONDecodeError, KeyError, TypeError):
                     continue  # a torn line after a crash
                 if shard in present:
-                    self._index[key] = shard  # the last line whose file exists wins (a merge's lines come later)
+                    # the last line whose file exists wins (a merge's lines come later); one str per file, not
+                    # per line, keeps the index of 200k keys ~16 MB smaller
+                    self._index[key] = names.setdefault(shard, shard)
 
     def __len__(self) -> int:
         return len(self._index) + len(self._pending)
@@ -109,20 +146,37 @@ class FeatureCache:
         with self._lock:
             if key in self._pending:
                 return self._pending[key]
-            shard = self._index.get(key)
+            shard = self._shard_locked(key)
             if shard is None:
                 return None
             h = self._handles.get(shard)
             if h is None:
-                if not (self.dir / shard).is_file():  # merged by another process since we read the index
-                    self._index.clear()
-                    self._handles.clear()
-                    self._load_index()
-                    shard = self._index.get(key)
-                    if shard is None:
-                        return None
                 h = self._handles[shard] = safe_open(str(self.dir / shard), framework="pt")
             return h.get_tensor(key)
+
+    def files_of(self, keys: Sequence[str]) -> list[Path | None]:
+        """The committed file holding each key (None: not in the cache, or only buffered by :meth:`put`), for
+        readers that take many vectors at once (:mod:`fmmc.train.feature_data`); the index is read again when a
+        file was merged away by another process. A file's vectors are at its :func:`tensor_spans`."""
+        with self._lock:
+            names = [self._index.get(k) for k in keys]
+            if any(not (self.dir / name).is_file() for name in set(names) - {None}):
+                self._reload_locked()
+                names = [self._index.get(k) for k in keys]
+            paths = {name: self.dir / name for name in set(names) - {None}}  # one Path object per file
+            return [None if name is None else paths[name] for name in names]
+
+    def _shard_locked(self, key: str) -> str | None:
+        shard = self._index.get(key)
+        if shard is not None and shard not in self._handles and not (self.dir / shard).is_file():
+            self._reload_locked()  # merged by another process since we read the index
+            shard = self._index.get(key)
+        return shard
+
+    def _reload_locked(self) -> None:
+        self._index.clear()
+        self._handles.clear()
+        self._load_index()
 
     # --- writing ---
     def put(self, key: str, value: torch.Tensor) -> None:
