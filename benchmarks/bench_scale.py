@@ -130,6 +130,11 @@ def child_fill(data: str, backbone: str, cache: str, image_size: int) -> dict:
 
 def child_train(data: str, backbone: str, cache: str, image_size: int, out: str, extra: list[str]) -> dict:
     from fmmc.cli.main import main
+    from fmmc.train import feature_rows
+
+    if extra[:1] == ["--stream-all"]:
+        feature_rows.IN_MEMORY_BYTES = 0
+        extra = extra[1:]
 
     t = time.perf_counter()
     rc = main(["train", "--data", data, "--out", out, "--backbone", backbone, "--streams", "vision", "--quiet",
@@ -168,7 +173,7 @@ def child_main(argv: list[str]) -> None:
 def bench_size(n: int, work: Path, backbone: str, args: argparse.Namespace) -> dict:
     data = write_dataset(work / f"data-{n}", n, args.image_size)
     cache = work / f"cache-{n}"
-    if args.fresh_cache and cache.exists():
+    if not args.reuse_cache and cache.exists():
         import shutil
 
         shutil.rmtree(cache)
@@ -176,7 +181,7 @@ def bench_size(n: int, work: Path, backbone: str, args: argparse.Namespace) -> d
     feats = run_child(phase, str(data), backbone, str(cache), str(args.image_size))
     feats["phase"] = phase
     train = run_child("train", str(data), backbone, str(cache), str(args.image_size), str(work / f"run-{n}"),
-                      *args.train_args)
+                      *(["--stream-all"] if args.stream_all else []), *args.train_args)
     return {"n": n, "features": feats, "train": train}
 
 
@@ -220,7 +225,11 @@ def main(argv: list[str] | None = None) -> int:
                     help="run the real `fmmc features` up to this many regions; fill the cache above it")
     ap.add_argument("--dim", type=int, default=768, help="feature width of the random backbone")
     ap.add_argument("--image-size", type=int, default=28, help="image side and backbone input (a multiple of 14)")
-    ap.add_argument("--fresh-cache", action="store_true", help="delete each size's cache first (features from scratch)")
+    ap.add_argument("--reuse-cache", action="store_true",
+                    help="keep each size's feature cache from an earlier run (default: extract or fill it again)")
+    ap.add_argument("--stream-all", action="store_true",
+                    help="train with every split read from the cache per batch (IN_MEMORY_BYTES=0), the path "
+                         "that 200k regions take, at every size")
     ap.add_argument("--train-arg", dest="train_args", action="append", default=[],
                     help="extra key=value for fmmc train (repeatable), e.g. --train-arg epochs=50")
     ap.add_argument("--json", help="write the figures here")
