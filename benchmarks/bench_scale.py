@@ -1,8 +1,9 @@
 """Scale curve: time and peak RSS of ``fmmc features`` and of head training at 2k, 20k and 200k regions.
 
-    python benchmarks/bench_scale.py                   # 2k, 20k, 200k (~25 min on 2 cores, ~1.5 GB of files)
-    python benchmarks/bench_scale.py --quick           # 2k, 20k (~3 min)
+    python benchmarks/bench_scale.py --work /tmp/scale     # 2k, 20k, 200k (~20 min on 2 cores, ~1.5 GB of files)
+    python benchmarks/bench_scale.py --quick               # 2k, 20k (~3 min)
     python benchmarks/bench_scale.py --sizes 5000,50000 --extract-max 50000 --json out.json
+    python benchmarks/bench_scale.py --quick --stream-all  # every size on the streamed (200k) path
 
 Each size gets a dataset of N whole-image regions (``--image-size`` px PNGs, one per region, 3 classes of
 the default taxonomy, every image unique), written once under ``--work`` and reused by later runs. The
@@ -11,19 +12,22 @@ backbone is a random-init DINOv2 with DINOv2-B's feature width (768; 1 layer, pa
 paths run and the cached vectors are as wide as the paper's. Every phase runs in a fresh subprocess, so
 its peak RSS (``VmHWM`` of ``/proc/self/status``) is its own:
 
-* **features** (N <= ``--extract-max``): ``fmmc features DATA --backbone hf:<dir>`` (the real command);
-* **fill** (N > ``--extract-max``): running even a tiny backbone over 200k images costs most of the
-  run, so the cache is filled through the real write path instead: every region's real cache key
+* **features** (N <= ``--extract-max``): ``fmmc features DATA --backbone hf:<dir>`` (the real command), into
+  an empty cache unless ``--reuse-cache``;
+* **fill** (N > ``--extract-max``): running even a tiny backbone over 200k images takes ~10 min here, so
+  by default the cache is filled through the real write path instead: every region's real cache key
   (``region_key``: the image file's sha256), a class-dependent random vector, ``FeatureCache.put`` +
   ``commit`` per batch of 8 and ``compact``, as ``fmmc features`` does. Its figures are marked *fill*;
-  they are not a backbone's;
-* **train**: ``fmmc train --data DATA streams=vision`` with the paper's recipe (AdamW, up to 200 epochs,
-  early stopping with patience 20), every feature found in the cache. The time is split into the data
-  step (hashing every image for its key, reading the cache: ``prepare_seconds`` of ``summary.json``) and
-  the epochs (``fit_seconds``).
+  they are not a backbone's, and not the ``fmmc features`` command's (which also holds its work list);
+* **train**: ``fmmc train --data DATA streams=vision`` with the paper's recipe (AdamW, batch 64, up to 200
+  epochs, early stopping with patience 20), every feature found in the cache. The time is split into the
+  data step (hashing every image for its key, reading the cache: ``prepare_seconds`` of ``summary.json``)
+  and the epochs (``fit_seconds``); up to ``IN_MEMORY_BYTES`` of vectors are held in memory, above it
+  they are read from the cache files per batch (:mod:`fmmc.train.feature_rows`).
 
 Targets (issue 12): 20k cached regions train in under 30 s; RSS of training at 200k within 1.5x of 20k;
-``fmmc features`` RSS flat as N grows. Absolute figures drift on shared machines; ratios of one run less.
+``fmmc features`` RSS flat as N grows. Absolute figures drift on shared machines (another process on one of
+the two cores doubles a step's time); ratios of one run drift less, and RSS hardly at all.
 """
 
 from __future__ import annotations

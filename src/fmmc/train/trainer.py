@@ -217,10 +217,11 @@ def _train_head(cfg: TrainConfig, encoder: Any, head: MaterialHead, taxonomy: Ta
     """AdamW on the cached features; the vectors are read per batch from the cache when they exceed
     :data:`~fmmc.train.feature_rows.IN_MEMORY_BYTES` (:mod:`fmmc.train.feature_data`)."""
     t_data = time.perf_counter()
-    budget = feature_rows.IN_MEMORY_BYTES  # shared by both splits
+    budget = feature_rows.IN_MEMORY_BYTES  # shared by both splits; a streamed train split streams val too
     tr, y_tr = _encode(encoder, train_r, taxonomy, cfg.progress, budget)
     try:
-        va, y_va = (_encode(encoder, val_r, taxonomy, cfg.progress, max(0, budget - tr.resident_bytes))
+        left = budget - tr.resident_bytes if tr.vis is None or tr.vis.in_memory else 0
+        va, y_va = (_encode(encoder, val_r, taxonomy, cfg.progress, max(0, left))
                     if val_r else (None, torch.empty(0, dtype=torch.long)))
         try:
             return _fit_head(cfg, head, tr, y_tr, va, y_va, len(taxonomy), out, time.perf_counter() - t_data)
