@@ -116,3 +116,17 @@ def test_draft_decoder_is_close_to_the_full_decode(tiny_dinov2: Path, tmp_path: 
     draft = _extract(tiny_dinov2, r, decoder="pil-draft")
     assert not torch.equal(full, draft)  # another decode ...
     assert float(torch.nn.functional.cosine_similarity(full, draft).min()) >= 0.99  # ... within the documented bound
+
+
+def test_torchvision_decoder_without_torchvision_says_how_to_fix(tiny_dinov2: Path):
+    import importlib.util
+
+    from fmmc.cli.main import build_parser
+    from fmmc.vision.loading import DECODERS
+
+    if importlib.util.find_spec("torchvision") is None:  # the main venv; tests/test_tv_decoder.py runs it
+        with pytest.raises(RuntimeError, match="needs torchvision.*--decoder pil"):
+            FeatureExtractor(build("backbone", f"hf:{tiny_dinov2}", image_size=112), decoder="torchvision-gpu")
+    choices = next(a.choices for a in build_parser()._subparsers._group_actions[0].choices["features"]._actions
+                   if a.dest == "decoder")
+    assert sorted(choices) == sorted(DECODERS)

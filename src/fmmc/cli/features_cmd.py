@@ -36,9 +36,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dtype", choices=["fp32", "bf16", "fp16", "auto"],
                    help="backbone precision: bf16/fp16 cast the frozen weights; auto = bf16 where the device has "
                         "native bf16 (CUDA, AVX512-BF16/AMX CPUs), else fp32 (part of the cache key)")
-    p.add_argument("--decoder", choices=["pil", "pil-draft"],
+    p.add_argument("--decoder", choices=["pil", "pil-draft", "torchvision-gpu"],  # fmmc.vision.loading.DECODERS
                    help="pil: full decode (default, the one rule); pil-draft: JPEG DCT-scaled decode, faster on large "
-                        "photos, slightly other pixels (part of the cache key)")
+                        "photos, slightly other pixels; torchvision-gpu: JPEGs decoded and resized on the device "
+                        "(nvJPEG on CUDA; needs torchvision) (each is part of the cache key)")
     p.add_argument("--null-mask", action="store_true", default=None, help="pool the whole image (ablation)")
     p.add_argument("--device", default="auto", help="auto (cuda when the worker has a GPU), cpu, cuda, cuda:1")
     p.add_argument("--batch-size", type=int, help="images per forward pass and per engine batch (default 8)")

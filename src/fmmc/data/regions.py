@@ -41,7 +41,9 @@ from fmmc.data.imageio import (
 from fmmc.data.records import Region
 
 DECODE_RULE = "full"  # recorded with every cached feature: the pixels a region decodes to
-DECODE_RULES = ("full", "draft")  # draft: the feature path's opt-in JPEG draft decode (see load_region)
+# draft: the feature path's opt-in JPEG draft decode (see load_region); torchvision: its opt-in decode by
+# torchvision on the model's device (fmmc.vision.tv_decode), which takes only region_mask from here
+DECODE_RULES = ("full", "draft", "torchvision")
 MASK_RULE = f"binary-nonzero-else-ge-{MASK_THRESHOLD}"
 
 ImageInput = str | Path | bytes | Image.Image | np.ndarray
@@ -110,10 +112,15 @@ def load_region(region: Region, image: Image.Image | None = None,
     from fmmc.data.imageio import image_size
 
     full = image_size(region.image)  # upright (EXIF applied), from the header
-    img = load_image(region.image, draft=draft)
+    return load_image(region.image, draft=draft), region_mask(region, full)
+
+
+def region_mask(region: Region, size: tuple[int, int]) -> np.ndarray | None:
+    """The region's bool mask (None: the whole image) for its image's upright ``size`` (width, height),
+    without decoding the image: for decoders that decode it elsewhere (draft, torchvision)."""
     if region.mask is not None:
-        return img, as_mask(region.mask, full, threshold=region_threshold(region))
+        return as_mask(region.mask, size, threshold=region_threshold(region))
     if region.box is not None:
-        return img, box_to_mask(tuple(region.box), full, name=f"box of region {region.id!r}")
-    return img, None
+        return box_to_mask(tuple(region.box), size, name=f"box of region {region.id!r}")
+    return None
 

@@ -34,7 +34,7 @@ class FeatureSpec:
     min_coverage: float = 0.5  # mask -> patch grid rule, see fmmc.vision.pooling
     dtype: str = "fp32"  # fp32 | bf16 | fp16 (frozen weights cast) | auto (bf16 on native-bf16 hardware)
     null_mask: bool = False  # ablation: ignore masks, pool the whole image
-    decoder: str = "pil"  # pil (full decode, the one rule) | pil-draft (JPEG DCT-scaled: faster, slightly other pixels)
+    decoder: str = "pil"  # pil (full decode, the one rule) | pil-draft (JPEG DCT-scaled) | torchvision-gpu (on the device)
 
     def feature_spec(self) -> FeatureSpec:
         """Just the feature fields (of a TrainConfig, a FeatureJob or a ModelConfig)."""

@@ -87,7 +87,7 @@ class FeatureExtractor:
         ``dtype`` (:mod:`fmmc.vision.precision`): ``fp32``, ``bf16``/``fp16`` (a ``frozen`` backbone's weights
         are cast; one being fine-tuned runs under autocast) or ``auto`` (bf16 where the device has native
         bf16, else fp32; :attr:`dtype_reason` says why). ``num_workers`` decoding processes (None: see
-        :func:`fmmc.vision.loading.default_workers`) and ``decoder`` (``pil`` | ``pil-draft``):
+        :func:`fmmc.vision.loading.default_workers`) and ``decoder`` (``pil`` | ``pil-draft`` | ``torchvision-gpu``):
         :mod:`fmmc.vision.loading`.
         """
         self.device = torch.device(resolve_device(device))  # "auto", and a clear error for an absent GPU
@@ -115,6 +115,10 @@ class FeatureExtractor:
             self.backbone.to(memory_format=torch.channels_last)
         self._compiled = torch.compile(self.backbone, dynamic=False) if compile else None
         self.pre: Preprocess = backbone.preprocess
+        if decoder == "torchvision-gpu":
+            from fmmc.vision.tv_decode import check_available
+
+            check_available(self.pre)  # before any work
         self.pooling = pooling
         self.min_coverage = min_coverage
         self.batch_size = batch_size
@@ -267,6 +271,8 @@ class FeatureExtractor:
                         results[i] = self.cache.get(key)  # type: ignore[union-attr]
                     else:
                         todo.append((i, key, prep))
+                if any(p.encoded for _, _, p in todo):
+                    todo = self._decode_on_device(todo, regions, failures)
                 if todo:
                     # regions of one image share its pixel tensor (see load): one forward pass per image
                     row_of: dict[int, int] = {}
@@ -277,7 +283,7 @@ class FeatureExtractor:
                             pixels.append(p.pixels)
                         index.append(row_of[id(p.pixels)])
                     batch = torch.stack(pixels)
-                    if self.device.type == "cuda":  # page-locked: the copy to the GPU overlaps with compute
+                    if self.device.type == "cuda" and not batch.is_cuda:  # page-locked: the copy overlaps compute
                         batch = batch.pin_memory()
                     with torch.inference_mode():
                         feats = self.pooled(batch, torch.stack([p.cells for _, _, p in todo]),
@@ -305,6 +311,25 @@ class FeatureExtractor:
         if failures:
             log.warning("%d of %d regions skipped (bad image or mask)", len(failures), len(regions))
         return feats, ok, failures
+
+    def _decode_on_device(self, todo: list[tuple[int, str, Prepared]], regions: Sequence[Region],
+                          failures: list[tuple[str, str]]) -> list[tuple[int, str, Prepared]]:
+        """Decoder torchvision-gpu: the batch's JPEG bytes -> pixels on the device (one call per batch);
+        the rest of the batch (non-JPEGs, decoded by the one rule in the worker) joins it there."""
+        from fmmc.vision.tv_decode import decode
+
+        jpegs = {id(p.pixels): p.pixels for _, _, p in todo if p.encoded}
+        out = dict(zip(jpegs, decode(list(jpegs.values()), self.pre, self.device), strict=True))
+        kept = []
+        for i, key, p in todo:
+            px = out.get(id(p.pixels), p.pixels) if p.encoded else p.pixels
+            if isinstance(px, str):
+                failures.append((regions[i].id, f"{regions[i].image}: {px}"))
+                continue
+            kept.append((i, key, Prepared(px, p.cells)))
+        shared: dict[int, torch.Tensor] = {}  # one device copy per CPU tensor: regions of a photo share it
+        return [(i, k, p if p.pixels.device.type == self.device.type else
+                 Prepared(shared.setdefault(id(p.pixels), p.pixels.to(self.device)), p.cells)) for i, k, p in kept]
 
     def _batches(self, regions: Sequence[Region]) -> Iterator[tuple[list[int], list[Loaded]]]:
         workers = self.num_workers

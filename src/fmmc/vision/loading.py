@@ -13,9 +13,10 @@ Where it runs (:func:`iter_batches`):
   and copied with ``non_blocking``, so the copy overlaps with compute. A worker that dies (killed, out of memory) stops the run with a
   ``RuntimeError`` saying so, never a hang.
 
-Decoders: ``pil`` (the one decode rule: full-size decode) or ``pil-draft`` (JPEG DCT-scaled decoding to
+Decoders: ``pil`` (the one decode rule: full-size decode), ``pil-draft`` (JPEG DCT-scaled decoding to
 at least the model's input size: 2-4x faster on large photos; pixels differ slightly, so it is part of the
-cache key, and tests bound the difference).
+cache key, and tests bound the difference) or ``torchvision-gpu`` (workers read JPEG bytes and masks only;
+the batch is decoded and resized on the model's device, nvJPEG on CUDA: :mod:`fmmc.vision.tv_decode`).
 """
 
 from __future__ import annotations
@@ -32,15 +33,16 @@ import numpy as np
 import torch
 from PIL import Image
 
-from fmmc.data.imageio import ImageError, file_sha256
+from fmmc.data.imageio import DEFAULT_MAX_PIXELS, ImageError, file_sha256, image_size
 from fmmc.data.records import Region
-from fmmc.data.regions import load_region, region_threshold
+from fmmc.data.regions import load_region, region_mask, region_threshold
 from fmmc.vision.pooling import mask_to_grid
 from fmmc.vision.protocol import Preprocess
 
 log = logging.getLogger(__name__)
 
-DECODERS = {"pil": "full", "pil-draft": "draft"}  # decoder -> decode rule (fmmc.data.regions.DECODE_RULES)
+# decoder -> decode rule (fmmc.data.regions.DECODE_RULES); torchvision-gpu: fmmc.vision.tv_decode
+DECODERS = {"pil": "full", "pil-draft": "draft", "torchvision-gpu": "torchvision"}
 WORKER_TIMEOUT = 600.0  # seconds without a batch from a worker before the run stops
 
 _RESAMPLE = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR, "nearest": Image.NEAREST, "lanczos": Image.LANCZOS,
@@ -49,8 +51,9 @@ _RESAMPLE = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR, "nearest": Im
 
 @dataclass
 class Prepared:
-    pixels: torch.Tensor  # [3, H, W] normalised
+    pixels: torch.Tensor  # [3, H, W] normalised; with ``encoded``: the JPEG file's bytes (1-D uint8)
     cells: torch.Tensor  # [h, w] bool
+    encoded: bool = False  # decoder torchvision-gpu: decoded on the model's device (fmmc.vision.tv_decode)
 
 
 class Loaded(NamedTuple):
@@ -105,6 +108,10 @@ class RegionLoader:
             if key in self.cached or (in_cache is not None and in_cache(key)):
                 return Loaded(key, None, None)
             seen = decoded.get(region.image) if decoded is not None else None
+            if self.decoder == "torchvision-gpu" and (seen is None or seen[0] is None):
+                jpeg = self._jpeg(region, decoded, seen)
+                if jpeg is not None:
+                    return Loaded(key, jpeg, None)
             draft = (self.pre.image_size[1], self.pre.image_size[0]) if self.decoder == "pil-draft" else None
             img, mask = load_region(region, image=None if seen is None else seen[0], draft=draft)
             pixels = to_pixels(img, self.pre) if seen is None else seen[1]
@@ -113,6 +120,22 @@ class RegionLoader:
             return Loaded(key, Prepared(pixels, mask_to_grid(mask, self.pre.grid, self.min_coverage)), None)
         except (ImageError, ValueError, OSError) as e:
             return Loaded("", None, str(e))
+
+    def _jpeg(self, region: Region, decoded: dict[Any, Any] | None, seen: Any) -> Prepared | None:
+        """Decoder torchvision-gpu: the JPEG's bytes and the mask's cells (None: not a JPEG, decode here)."""
+        from fmmc.vision.tv_decode import read_jpeg
+
+        data = seen[1] if seen is not None else read_jpeg(region.image)
+        if data is None:
+            return None
+        w, h = image_size(region.image)
+        if w * h > DEFAULT_MAX_PIXELS:
+            raise ImageError(region.image, f"image is {w}x{h} = {w * h:,} pixels, over the limit of "
+                             f"{DEFAULT_MAX_PIXELS:,}", "downscale it")
+        if decoded is not None and seen is None:
+            decoded[region.image] = (None, data)
+        cells = mask_to_grid(region_mask(region, (w, h)), self.pre.grid, self.min_coverage)
+        return Prepared(data, cells, encoded=True)
 
     def load_chunk(self, regions: Sequence[Region], idx: list[int], in_cache: Any = None) -> list[Loaded]:
         decoded: dict[Any, tuple[Image.Image, torch.Tensor]] = {}
