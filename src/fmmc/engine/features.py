@@ -57,7 +57,8 @@ class FeatureStage:
         self.extractor = FeatureExtractor(backbone, pooling=job.pooling, min_coverage=job.min_coverage,
                                           batch_size=job.batch_size, dtype=job.dtype,
                                           device=resolve_device(job.device), cache=None,
-                                          num_workers=job.num_workers, decoder=job.decoder)
+                                          num_workers=job.num_workers, decoder=job.decoder, layers=job.layers,
+                                          scales=job.scales, flip_tta=job.flip_tta)
         log.info("feature stage ready: %s on %s", job.backbone, self.extractor.device)
 
     def __call__(self, items: list[Item]) -> list[Item]:

@@ -1,7 +1,8 @@
 """Typed configs of a classifier: what decides a vision feature, the head's shape, the whole artifact.
 
 :class:`FeatureSpec` is the one description of "what decides a pooled feature" (backbone, input size,
-pooling, mask-to-grid rule, dtype, the null-mask ablation). :class:`~fmmc.train.config.TrainConfig` and
+pooling, layers, scales, flip TTA, mask-to-grid rule, dtype, the null-mask ablation; see
+:mod:`fmmc.vision.extractor`). :class:`~fmmc.train.config.TrainConfig` and
 :class:`~fmmc.engine.features.FeatureJob` extend it, the encoder is built from it, and the feature
 cache's key is derived from it plus what the loaded backbone adds (its preprocessing and a fingerprint
 of its weights, see :meth:`fmmc.vision.extractor.FeatureExtractor.settings`).
@@ -30,11 +31,14 @@ class FeatureSpec:
 
     backbone: str | None = "hf:facebook/dinov2-base"
     image_size: int | None = None  # None: the backbone's default (448 for DINOv2)
-    pooling: str = "max"  # max (paper) | mean | cls
+    pooling: str = "max"  # max (paper) | mean | gem | cls, or several joined by "+" (max+mean): fmmc.vision.pooling
     min_coverage: float = 0.5  # mask -> patch grid rule, see fmmc.vision.pooling
     dtype: str = "fp32"  # fp32 | bf16 | fp16 (frozen weights cast) | auto (bf16 on native-bf16 hardware)
     null_mask: bool = False  # ablation: ignore masks, pool the whole image
     decoder: str = "pil"  # pil (full decode, the one rule) | pil-draft (JPEG DCT-scaled) | torchvision-gpu (on the device)
+    layers: int = 1  # pool each of the backbone's last N layers (conv nets: stages) and concatenate (DINOv2 eval: 4)
+    scales: str = "1"  # input scales, e.g. "1,1.5": image_size * s (patch multiple); features averaged over scales
+    flip_tta: bool = False  # also the mirrored image (mask mirrored too); features averaged
 
     def feature_spec(self) -> FeatureSpec:
         """Just the feature fields (of a TrainConfig, a FeatureJob or a ModelConfig)."""

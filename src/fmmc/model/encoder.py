@@ -42,7 +42,7 @@ class TwoStreamEncoder:
 
     @property
     def vision_dim(self) -> int:
-        return int(self.extractor.backbone.feature_dim) if self.extractor is not None else 0
+        return int(self.extractor.feature_dim) if self.extractor is not None else 0
 
     @property
     def text_dim(self) -> int:
@@ -149,7 +149,8 @@ def build_encoder(streams: str, features: FeatureSpec | None, text_encoder: str 
             bb.preprocess = recorded_preprocess(bb.preprocess, preprocess, getattr(bb, "spec", features.backbone))
         extractor = FeatureExtractor(bb, pooling=features.pooling, min_coverage=features.min_coverage,
                                      batch_size=batch_size, compile=compile, dtype=features.dtype, device=device,
-                                     num_workers=num_workers, decoder=features.decoder, frozen=frozen)
+                                     num_workers=num_workers, decoder=features.decoder, frozen=frozen,
+                                     layers=features.layers, scales=features.scales, flip_tta=features.flip_tta)
         if use_cache:
             settings = extractor.settings()
             root = Path(cache_dir) / "features" if cache_dir else default_cache_dir()

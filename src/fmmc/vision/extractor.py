@@ -8,6 +8,17 @@ Decoding and resizing the next batch runs in a background thread while the model
 Regions become pixels by the one region rule (:mod:`fmmc.data.regions`); every path to a feature, from
 files (:meth:`FeatureExtractor.extract_regions`) or from memory (:meth:`FeatureExtractor.extract_arrays`,
 :meth:`FeatureExtractor.feature_map`), runs the same :func:`to_pixels` and :meth:`FeatureExtractor.forward`.
+
+Richer features (each a :class:`~fmmc.model.config.FeatureSpec` field and part of the cache key; the
+defaults give the paper's feature unchanged): ``pooling`` joins parts with ``+`` (:mod:`fmmc.vision.pooling`);
+``layers=N`` pools each of the backbone's last N layers (:mod:`fmmc.vision.protocol`) inside the mask at its
+own grid; ``scales`` and ``flip_tta`` are *views* of the image: ``scales="1,1.5"`` runs the backbone at
+``image_size * s`` too (rounded to the patch multiple, resampled from the base-size pixels on the device, so
+every decoder and fine-tuning share it) and ``flip_tta`` on the mirrored image with its mirrored mask. Parts
+and layers are concatenated, views averaged: a feature is ``[layer 1: parts, ..., last layer: parts]``,
+``len(parts) * sum(layer widths)`` wide (:attr:`FeatureExtractor.feature_dim`), whatever the scales and flips.
+Averaging keeps views of one image in one space (a multi-scale descriptor as in image retrieval) and the
+head's width independent of the number of views.
 """
 
 from __future__ import annotations
@@ -38,9 +49,18 @@ from fmmc.vision.loading import (
     to_pixels,
     worker_stopped,
 )
-from fmmc.vision.pooling import mask_to_grid, pool
+from fmmc.vision.pooling import cells_on_grid, mask_to_grid, pool, pooling_parts
 from fmmc.vision.precision import DTYPES, resolve_dtype
-from fmmc.vision.protocol import Preprocess, as_output
+from fmmc.vision.protocol import (
+    BackboneOutput,
+    Preprocess,
+    as_output,
+    layer_dims,
+    merge_outputs,
+    parse_scales,
+    scaled_size,
+    trim_output,
+)
 
 __all__ = ["FeatureExtractor", "Loaded", "Prepared", "region_key", "to_pixels"]
 
@@ -69,6 +89,9 @@ class FeatureExtractor:
         num_workers: int | None = None,
         decoder: str = "pil",
         frozen: bool = True,
+        layers: int = 1,
+        scales: str | float | Sequence[float] = "1",
+        flip_tta: bool = False,
     ) -> None:
         """``batch_size`` regions are loaded (in a prefetch thread), cached and pooled together; the backbone
         sees ``forward_batch`` images per call during inference. Default on CPU: about 200k input pixels per
@@ -88,7 +111,7 @@ class FeatureExtractor:
         are cast; one being fine-tuned runs under autocast) or ``auto`` (bf16 where the device has native
         bf16, else fp32; :attr:`dtype_reason` says why). ``num_workers`` decoding processes (None: see
         :func:`fmmc.vision.loading.default_workers`) and ``decoder`` (``pil`` | ``pil-draft`` | ``torchvision-gpu``):
-        :mod:`fmmc.vision.loading`.
+        :mod:`fmmc.vision.loading`. ``pooling``, ``layers``, ``scales``, ``flip_tta``: the module docstring.
         """
         self.device = torch.device(resolve_device(device))  # "auto", and a clear error for an absent GPU
         dtype, self.dtype_reason = resolve_dtype(dtype, self.device)
@@ -119,7 +142,15 @@ class FeatureExtractor:
             from fmmc.vision.tv_decode import check_available
 
             check_available(self.pre)  # before any work
-        self.pooling = pooling
+        parts = pooling_parts(pooling)
+        self.pooling = "+".join(parts)
+        if isinstance(layers, bool) or not isinstance(layers, int) or layers < 1:
+            raise ValueError(f"layers={layers!r}: give how many of the backbone's last layers to pool, 1 or more")
+        self.layers = layers
+        self.scales = parse_scales(scales)
+        self.flip_tta = bool(flip_tta)
+        self.feature_dim = len(parts) * sum(layer_dims(backbone, layers))
+        self._sizes = [scaled_size(self.pre, s) for s in self.scales]
         self.min_coverage = min_coverage
         self.batch_size = batch_size
         if forward_batch is None:
@@ -133,7 +164,8 @@ class FeatureExtractor:
     # --- settings that change a feature (the cache namespace) ---
     def settings(self) -> dict[str, Any]:
         """What decides a feature: the backbone (spec and a fingerprint of its weights), its preprocessing,
-        pooling, the mask-to-grid rule, dtype, and the region rule's decode and mask rules."""
+        pooling, layers, scales and flip TTA, the mask-to-grid rule, dtype, and the region rule's decode and
+        mask rules."""
         if self._fingerprint is None:
             self._fingerprint = weights_fingerprint(self.backbone)
         return {
@@ -145,6 +177,10 @@ class FeatureExtractor:
             "dtype": self.dtype,
             "decode": DECODERS[self.decoder],
             "mask_rule": MASK_RULE,
+            # only when not the default, so the default feature keeps its cache namespace
+            **({"layers": self.layers} if self.layers != 1 else {}),
+            **({"scales": list(self.scales)} if self.scales != (1.0,) else {}),
+            **({"flip_tta": True} if self.flip_tta else {}),
         }
 
     def prepare(self, image: Image.Image, mask: np.ndarray | None) -> Prepared:
@@ -153,6 +189,11 @@ class FeatureExtractor:
     def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The one backbone forward: pixels ``[N, 3, H, W]`` -> (feature map ``[N, C, h, w]``, global token
         ``[N, C]`` or None), in ``forward_batch`` chunks during inference, under the configured dtype."""
+        out = self._run(pixels, self.pre.grid, 1)
+        return out.feature_map, out.cls
+
+    def _run(self, pixels: torch.Tensor, grid: tuple[int, int], layers: int) -> BackboneOutput:
+        """:meth:`forward` of pixels whose last feature map has ``grid``, with the last ``layers`` layers."""
         pixels = pixels.to(self.device, non_blocking=True)
         if self._cast:
             pixels = pixels.to(DTYPES[self.dtype])
@@ -164,31 +205,49 @@ class FeatureExtractor:
         inference = not torch.is_grad_enabled()
         step = self.forward_batch if inference else n
         forward = self._compiled if self._compiled is not None and inference else self.backbone
-        maps, tokens = [], []
+        outs = []
         with ctx:
             for i in range(0, n, step):
                 chunk = pixels[i : i + step]
                 k = chunk.shape[0]
                 if forward is self._compiled and k < step:  # one static shape: no recompile for a short chunk
                     chunk = torch.cat([chunk, chunk.new_zeros((step - k, *chunk.shape[1:]))])
-                out = as_output(forward(chunk))
-                maps.append(out.feature_map[:k])
-                tokens.append(None if out.cls is None else out.cls[:k])
-        fmap = maps[0] if len(maps) == 1 else torch.cat(maps)
-        cls = None if tokens[0] is None else (tokens[0] if len(tokens) == 1 else torch.cat(tokens))
-        if tuple(fmap.shape[-2:]) != tuple(self.pre.grid):
-            raise RuntimeError(f"feature grid {tuple(fmap.shape[-2:])} != expected {self.pre.grid}; "
+                outs.append(trim_output(as_output(forward(chunk) if layers == 1 else forward(chunk, layers=layers)), k))
+        out = merge_outputs(outs)
+        if tuple(out.feature_map.shape[-2:]) != tuple(grid):
+            raise RuntimeError(f"feature grid {tuple(out.feature_map.shape[-2:])} != expected {tuple(grid)}; "
                                "set the backbone's preprocess.patch_size to its real stride")
-        return fmap.float(), None if cls is None else cls.float()
+        if len(out.earlier) != layers - 1:
+            raise RuntimeError(f"backbone {type(self.backbone).__name__} gave {len(out.earlier) + 1} layers for "
+                               f"layers={layers}")
+        return out
 
     def pooled(self, pixels: torch.Tensor, cells: torch.Tensor, index: torch.Tensor | None = None) -> torch.Tensor:
-        """Backbone forward + pooling for a batch (differentiable when grads are on): -> [B, C] float32.
+        """Backbone forward + pooling for a batch (differentiable when grads are on): -> [B, feature_dim] float32,
+        over every layer, scale and flip (module docstring).
 
         ``index`` (optional, [B] long) says which row of ``pixels`` each of the B ``cells`` masks belongs to,
         so regions of one image share one forward pass; without it, mask ``i`` goes with image ``i``.
         """
-        fmap, cls = self.forward(pixels)
-        return self.pool_cells(fmap, cls, cells, index)
+        feats = []
+        for flip in (False, True) if self.flip_tta else (False,):
+            px, cl = (pixels.flip(-1), cells.flip(-1)) if flip else (pixels, cells)
+            for h, w in self._sizes:
+                out = self._run(self._resized(px, (h, w)), (h // self.pre.patch_size, w // self.pre.patch_size),
+                                self.layers)
+                parts = [self.pool_cells(o.feature_map, o.cls,
+                                         cells_on_grid(cl, o.feature_map.shape[-2:], self.min_coverage), index)
+                         for o in (*out.earlier, out)]  # oldest layer first
+                feats.append(parts[0] if len(parts) == 1 else torch.cat(parts, dim=1))
+        return feats[0] if len(feats) == 1 else torch.stack(feats).mean(dim=0)
+
+    def _resized(self, pixels: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """Base-size pixels at another input size (a scale view), resampled on the device."""
+        if tuple(size) == tuple(pixels.shape[-2:]):
+            return pixels
+        mode = "bilinear" if self.pre.resample == "bilinear" else "bicubic"
+        return torch.nn.functional.interpolate(pixels.to(self.device, non_blocking=True).float(), size=tuple(size),
+                                               mode=mode, antialias=True, align_corners=False)
 
     def pool_cells(self, fmap: torch.Tensor, cls: torch.Tensor | None, cells: torch.Tensor,
                    index: torch.Tensor | None = None) -> torch.Tensor:
@@ -215,7 +274,7 @@ class FeatureExtractor:
         """In-memory images (+ masks) -> [N, C]; no cache. All masks of one image object share one forward."""
         self.backbone.eval()
         if not items:
-            return torch.empty(0, self.backbone.feature_dim)
+            return torch.empty(0, self.feature_dim)
         row_of: dict[int, int] = {}
         images: list[Image.Image] = []
         index: list[int] = []
@@ -225,14 +284,30 @@ class FeatureExtractor:
                 images.append(img)
             index.append(row_of[id(img)])
         cells = torch.stack([mask_to_grid(m, self.pre.grid, self.min_coverage) for _, m in items])
-        fmaps, tokens = [], []
+        rows = torch.tensor(index, dtype=torch.long)
+        feats = torch.empty(len(items), self.feature_dim)
         for i in range(0, len(images), self.batch_size):
-            fm, tok = self.forward(torch.stack([to_pixels(im, self.pre) for im in images[i : i + self.batch_size]]))
-            fmaps.append(fm)
-            tokens.append(tok)
-        fmap = torch.cat(fmaps)
-        cls = None if tokens[0] is None else torch.cat(tokens)
-        return self.pool_cells(fmap, cls, cells, torch.tensor(index, dtype=torch.long)).cpu()
+            sel = ((rows >= i) & (rows < i + self.batch_size)).nonzero().flatten()
+            pixels = torch.stack([to_pixels(im, self.pre) for im in images[i : i + self.batch_size]])
+            feats[sel] = self.pooled(pixels, cells[sel], rows[sel] - i).cpu()
+        return feats
+
+    @torch.inference_mode()
+    def cell_features(self, image: Image.Image) -> tuple[torch.Tensor, tuple[int, int]]:
+        """Every cell of the base grid as a one-cell region, pooled as a region is: -> ``[h * w, feature_dim]``
+        (row-major) and the grid ``(h, w)``; what grid-mode material maps classify."""
+        if "cls" in self.pooling.split("+"):
+            raise ValueError(f"grid mode needs a model trained with pooling=max or mean (this one, pooling="
+                             f"{self.pooling}, pools the global token, which has no per-patch equivalent); use mode='sam'")
+        self.backbone.eval()
+        h, w = self.pre.grid
+        pixels = to_pixels(image, self.pre)[None]
+        if self.pooling in ("max", "mean") and self.layers == 1 and self._sizes == [self.pre.image_size] \
+                and not self.flip_tta:  # a one-cell region pools to the cell itself
+            fmap, _ = self.forward(pixels)
+            return fmap[0].reshape(fmap.shape[1], h * w).T, (h, w)
+        cells = torch.eye(h * w, dtype=torch.bool).reshape(h * w, h, w)
+        return self.pooled(pixels, cells, torch.zeros(h * w, dtype=torch.long)).cpu(), (h, w)
 
     def region_loader(self, cached: frozenset[str] = frozenset()) -> RegionLoader:
         """What decoding workers need (no model, no cache handle): :mod:`fmmc.vision.loading`."""
@@ -307,7 +382,7 @@ class FeatureExtractor:
         if self.cache is not None:
             self.cache.compact()
         ok = sorted(results)
-        feats = torch.stack([results[i] for i in ok]) if ok else torch.empty(0, self.backbone.feature_dim)
+        feats = torch.stack([results[i] for i in ok]) if ok else torch.empty(0, self.feature_dim)
         if failures:
             log.warning("%d of %d regions skipped (bad image or mask)", len(failures), len(regions))
         return feats, ok, failures

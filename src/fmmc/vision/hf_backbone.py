@@ -24,13 +24,12 @@ import torch
 from torch import nn
 
 from fmmc.core.hub import WeightsUnavailableError, is_local, load_pretrained, resolve_weights
+from fmmc.vision import families
 from fmmc.vision.protocol import IMAGENET_MEAN, IMAGENET_STD, BackboneOutput, Preprocess
 
 log = logging.getLogger(__name__)
 
 PREPROCESSOR_FILE = "preprocessor_config.json"
-# image size defaults by model family: DINOv2's paper setting is 448 (32x32 patches)
-_DEFAULT_SIZE = {"dinov2": 448, "dinov2_with_registers": 448}
 # model types whose pooler_output is the image's global feature (not an extra trained head like ViT's)
 _POOLED_CLS = frozenset({"clip", "clip_vision_model", "siglip", "siglip_vision_model",
                          "siglip2", "siglip2_vision_model"})
@@ -60,22 +59,70 @@ class HFBackbone(nn.Module):
         self._ckpt_names = dict(checkpoint_names or {})
         self._model_prefix = model_prefix  # where ``model`` sits in the loaded transformers model ("vision_model.")
         self._interp = "interpolate_pos_encoding" in inspect.signature(model.forward).parameters
+        self._patches = families.takes_patches(model)  # SigLIP 2 NaFlex: pre-cut patches + spatial_shapes
 
-    def forward(self, pixel_values: torch.Tensor) -> BackboneOutput:
+    def forward(self, pixel_values: torch.Tensor, layers: int = 1) -> BackboneOutput:
+        """``layers=N``: also the N-1 blocks (conv nets: stages) before the last, in ``earlier`` (:meth:`_earlier`)."""
         kwargs: dict[str, Any] = {"pixel_values": pixel_values}
+        if self._patches:
+            kwargs = families.naflex_inputs(pixel_values, self.preprocess.patch_size)
         if self._interp:
             kwargs["interpolate_pos_encoding"] = True
+        if layers > 1:
+            kwargs["output_hidden_states"] = True
         out = self.model(**kwargs)
         hidden = out.last_hidden_state
         pooled = getattr(out, "pooler_output", None)
         if hidden.dim() == 4:  # conv net: [B, C, h, w]
-            return BackboneOutput(hidden, pooled.flatten(1) if isinstance(pooled, torch.Tensor) else None)
+            main = BackboneOutput(hidden, pooled.flatten(1) if isinstance(pooled, torch.Tensor) else None)
+            return main if layers == 1 else main._replace(earlier=self._earlier(out, layers, pixel_values.shape[-2:]))
         fmap, cls = self._split_tokens(hidden, pixel_values.shape[-2:])
         if self._pooled_cls:
             if not isinstance(pooled, torch.Tensor):
                 raise RuntimeError(f"{type(self.model).__name__} returned no pooler_output for the cls feature")
             cls = pooled
-        return BackboneOutput(fmap, cls)
+        main = BackboneOutput(fmap, cls)
+        return main if layers == 1 else main._replace(earlier=self._earlier(out, layers, pixel_values.shape[-2:]))
+
+    def _earlier(self, out: Any, layers: int, size: torch.Size) -> tuple[BackboneOutput, ...]:
+        """The ``layers - 1`` hidden states before the last, oldest first. Conv nets: the stage outputs as
+        they are. Token models: each block's tokens through the model's final norm where its
+        ``last_hidden_state`` has one (DINOv2's linear evaluation: ``get_intermediate_layers(norm=True)``),
+        split into the patch grid and token 0 (the cls part) as the last layer is."""
+        states = out.hidden_states
+        if states is None or len(states) - 1 < layers:
+            have = 0 if states is None else len(states) - 1
+            raise ValueError(f"layers={layers}: {type(self.model).__name__} gives {have} layers; use layers<={have}")
+        picked = states[-layers:-1]
+        if out.last_hidden_state.dim() == 4:
+            return tuple(BackboneOutput(s, None) for s in picked)
+        norm = self._final_norm(states[-1], out.last_hidden_state)
+        return tuple(BackboneOutput(*self._split_tokens(norm(s) if norm is not None else s, size)) for s in picked)
+
+    def _final_norm(self, last_block: torch.Tensor, last_hidden: torch.Tensor) -> nn.Module | None:
+        """The module that turns the last block's tokens into ``last_hidden_state`` (None: they are equal)."""
+        if getattr(self, "_norm_name", None) is None:
+            name = ""
+            if not torch.equal(last_block, last_hidden):
+                name = next((n for n in ("layernorm", "post_layernorm", "norm")
+                             if isinstance(getattr(self.model, n, None), nn.Module)
+                             and torch.allclose(getattr(self.model, n)(last_block), last_hidden, rtol=1e-3, atol=1e-3)),
+                            None)
+                if name is None:
+                    raise RuntimeError(f"layers>1: cannot tell how {type(self.model).__name__} derives its "
+                                       "last_hidden_state from the last block's tokens; use layers=1")
+            self._norm_name = name
+        return getattr(self.model, self._norm_name) if self._norm_name else None
+
+    def layer_dims(self, layers: int) -> list[int]:
+        """Widths of the last ``layers`` feature maps, oldest first (conv nets: ``config.hidden_sizes``)."""
+        cfg = getattr(self.model, "config", None)
+        sizes = list(getattr(cfg, "hidden_sizes", None) or [])
+        total = len(sizes) if sizes else int(getattr(cfg, "num_hidden_layers", 0) or 0)
+        if layers < 1 or layers > total:
+            raise ValueError(f"layers={layers}: {type(self.model).__name__} has {total} "
+                             f"{'stages' if sizes else 'blocks'}; use 1 to {total}")
+        return [int(v) for v in sizes[-layers:]] if sizes else [self.feature_dim] * layers
 
     def _split_tokens(self, hidden: torch.Tensor, size: torch.Size) -> tuple[torch.Tensor, torch.Tensor | None]:
         """[B, N, C] tokens -> (patch grid [B, C, h, w], token 0 when there are prefix tokens)."""
@@ -145,8 +192,11 @@ def build_hf_backbone(source: str, image_size: int | None = None, dtype: str | N
     vcfg = getattr(config, "vision_config", config)
     types = {getattr(config, "model_type", ""), getattr(vcfg, "model_type", "")}
     model_type = getattr(config, "model_type", "")
-    size = int(image_size or _DEFAULT_SIZE.get(model_type, getattr(vcfg, "image_size", 224) or 224))
-    if _is_conv(vcfg):
+    size = int(image_size or families.default_size(model_type, vcfg))
+    token_conv = families.token_conv_stride(model_type, vcfg)  # DINOv3 ConvNeXt: a conv net giving tokens
+    if token_conv is not None:
+        stride, hidden = token_conv
+    elif _is_conv(vcfg):
         stride, hidden = conv_stride(model, size)
     else:
         stride, hidden = _token_patch(vcfg, source), getattr(vcfg, "hidden_size", None)
@@ -155,7 +205,7 @@ def build_hf_backbone(source: str, image_size: int | None = None, dtype: str | N
     size = _round_size(size, stride)
     pre = Preprocess(image_size=(size, size), patch_size=stride, **preprocess_from_checkpoint(source))
     names = checkpoint_names(full, model, ckpt_prefix)
-    prefix = 1 + int(getattr(vcfg, "num_register_tokens", 0) or 0) if model_type.startswith("dinov2") else None
+    prefix = families.prefix_tokens(model_type, vcfg)
     pooled_cls = bool(types & _POOLED_CLS) and getattr(vcfg, "vision_use_head", True) is not False
     log.info("backbone %s: %s, %dx%d input, %dx%d grid, %d-d, cls=%s, preprocessing from %s", source, model_type,
              size, size, *pre.grid, hidden, "pooler_output" if pooled_cls else "token 0", pre.source)

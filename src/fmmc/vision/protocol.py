@@ -4,10 +4,16 @@ A user's own backbone is any ``torch.nn.Module`` with a ``preprocess`` attribute
 or a dict of its fields), a ``feature_dim`` int and ``forward(pixel_values) -> Tensor[B, C, h, w]``
 (or a :class:`BackboneOutput`). Name it as ``my_pkg.my_module:factory``; the factory receives
 ``image_size=`` (may be None) and returns the module.
+
+Several layers (``FeatureSpec.layers``): a backbone that can give the last N layers' maps takes
+``forward(pixel_values, layers=N)``, returns them in :attr:`BackboneOutput.earlier` (the N-1 before the
+last, oldest first; each may have its own grid and width) and reports their widths with
+``layer_dims(N) -> list[int]`` (oldest first, the last being ``feature_dim``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, NamedTuple
 
@@ -56,6 +62,23 @@ class Preprocess:
 class BackboneOutput(NamedTuple):
     feature_map: torch.Tensor  # [B, C, h, w]
     cls: torch.Tensor | None = None  # [B, C] global token where the model has one
+    earlier: tuple[BackboneOutput, ...] = ()  # forward(..., layers=N): the N-1 layers before the last, oldest first
+
+
+def layer_dims(backbone: Any, layers: int) -> list[int]:
+    """Widths of a backbone's last ``layers`` feature maps (oldest first), or a one-line error when it has
+    no multi-layer forward (see the module docstring)."""
+    if layers == 1:
+        return [int(backbone.feature_dim)]
+    fn = getattr(backbone, "layer_dims", None)
+    if not callable(fn):
+        raise ValueError(f"layers={layers}: backbone {getattr(backbone, 'spec', type(backbone).__name__)} gives one "
+                         "feature map only; use layers=1, or give it forward(pixel_values, layers=N) and layer_dims(N)")
+    dims = [int(d) for d in fn(layers)]
+    if len(dims) != layers:
+        raise ValueError(f"layers={layers}: backbone {type(backbone).__name__}.layer_dims({layers}) gave {len(dims)} "
+                         "widths; it must give one per layer")
+    return dims
 
 
 def check_backbone(module: Any, where: str) -> None:
@@ -92,3 +115,37 @@ def as_output(out: Any) -> BackboneOutput:
     if isinstance(out, torch.Tensor) and out.dim() == 4:
         return BackboneOutput(out, None)
     raise TypeError(f"backbone forward must return Tensor[B, C, h, w] or BackboneOutput, got {type(out).__name__}")
+
+
+def parse_scales(value: str | float | Sequence[float]) -> tuple[float, ...]:
+    """``"1,1.5"`` (or ``1.5``, or ``[1, 1.5]``) -> ``(1.0, 1.5)``, with a one-line error naming the field."""
+    items = value.split(",") if isinstance(value, str) else [value] if isinstance(value, (int, float)) else list(value)
+    try:
+        scales = tuple(float(v) for v in items)
+    except (TypeError, ValueError):
+        scales = ()
+    if not scales or any(not s > 0 for s in scales) or len(set(scales)) != len(scales):
+        raise ValueError(f"scales={value!r}: give distinct positive input scales separated by commas, e.g. scales=1,1.5")
+    return scales
+
+
+def scaled_size(pre: Preprocess, scale: float) -> tuple[int, int]:
+    """The input size of a scale view: ``image_size * scale``, rounded to the patch multiple (at least one patch)."""
+    p = pre.patch_size
+    return tuple(max(p, round(v * scale / p) * p) for v in pre.image_size)  # type: ignore[return-value]
+
+
+def trim_output(out: BackboneOutput, k: int) -> BackboneOutput:
+    """The first ``k`` rows of every tensor of ``out`` (a padded compiled chunk)."""
+    return BackboneOutput(out.feature_map[:k], None if out.cls is None else out.cls[:k],
+                          tuple(trim_output(o, k) for o in out.earlier))
+
+
+def merge_outputs(outs: list[BackboneOutput]) -> BackboneOutput:
+    """Chunks of one batch -> one float32 output (every layer)."""
+    def cat(ts: list[torch.Tensor]) -> torch.Tensor:
+        return (ts[0] if len(ts) == 1 else torch.cat(ts)).float()
+
+    cls = None if outs[0].cls is None else cat([o.cls for o in outs])  # type: ignore[misc]
+    earlier = tuple(merge_outputs([o.earlier[j] for o in outs]) for j in range(len(outs[0].earlier)))
+    return BackboneOutput(cat([o.feature_map for o in outs]), cls, earlier)

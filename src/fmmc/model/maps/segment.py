@@ -216,13 +216,11 @@ def grid_map(model: Any, image: Image.Image, *, classes: list[str] | str | None,
         raise ValueError("grid mode needs a vision stream, and this model is language-only; use mode='sam' or "
                          "train a vision model (`fmmc train ... streams=vision`)")
     ex = model.encoder.extractor
-    if ex.pooling == "cls":
+    if "cls" in ex.pooling.split("+"):
         raise ValueError("grid mode needs a model trained with pooling=max or mean (this one pools the global "
                          "token, which has no per-patch equivalent); use mode='sam'")
     txt = _constant_text(model, description)
-    fmap, _ = ex.feature_map(image)
-    c, h, w = fmap.shape[1:]
-    feats = fmap[0].reshape(c, h * w).T  # each patch as a one-cell region
+    feats, (h, w) = ex.cell_features(image)  # each patch as a one-cell region, pooled as the model's regions
     scaled = model.logits(feats, None if txt is None else txt.expand(h * w, -1))
     n_cls = scaled.shape[1]
     keep = model.class_indices(classes) or list(range(n_cls))  # a class subset: upsample only those logits
