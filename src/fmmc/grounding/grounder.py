@@ -1,4 +1,4 @@
-"""Open-vocabulary boxes from text: Grounding DINO through transformers.
+"""Open-vocabulary boxes from text: Grounding DINO, MM-Grounding-DINO / LLMDet and OWLv2 through transformers.
 
     >>> from fmmc.core.registry import build
     >>> grounder = build("grounder", "hf:IDEA-Research/grounding-dino-base", device="auto")  # doctest: +SKIP
@@ -6,7 +6,11 @@
     [Detection(box=(102.3, 40.1, 388.0, 500.2), score=0.71, phrase='vase')]
 
 Any transformers zero-shot object detector whose processor has ``post_process_grounded_object_detection``
-works (``IDEA-Research/grounding-dino-tiny``, ``-base``, a fine-tuned copy, a local ``save_pretrained`` dir).
+works (``IDEA-Research/grounding-dino-tiny``, ``-base``, ``openmmlab-community/mm_grounding_dino_tiny_o365v1_goldg``,
+an LLMDet checkpoint, a fine-tuned copy, a local ``save_pretrained`` dir). Each family gets the text it was
+trained on: Grounding DINO and MM-Grounding-DINO one lower-case string of ``.``-ended phrases, OWLv2/OWL-ViT
+one query per phrase (``"a photo of a vase"``), scored per query with no ``text_threshold``. OWLv2 scores
+run lower than Grounding DINO's (transformers' default threshold is 0.1): lower ``box_threshold`` for it.
 Boxes come back in pixels of the input image, clipped to it, de-duplicated by NMS, best first.
 """
 
@@ -37,6 +41,15 @@ def grounding_text(text: str | Sequence[str]) -> str:
     >>> grounding_text(["red cup", "table"])
     'red cup. table.'
     """
+    return ". ".join(grounding_phrases(text)) + "."
+
+
+def grounding_phrases(text: str | Sequence[str]) -> list[str]:
+    """The cleaned phrases of ``text``: lower case, ``_``/``-`` as spaces, no trailing ``.``.
+
+    >>> grounding_phrases(["Cake-pan", "red  cup."])
+    ['cake pan', 'red cup']
+    """
     phrases = [text] if isinstance(text, str) else list(text)
     cleaned = []
     for p in phrases:
@@ -46,7 +59,11 @@ def grounding_text(text: str | Sequence[str]) -> str:
             cleaned.append(p)
     if not cleaned:
         raise ValueError(f"empty grounding text {text!r}: pass an object name such as 'vase'")
-    return ". ".join(cleaned) + "."
+    return cleaned
+
+
+OWL_TYPES = ("owlv2", "owlvit")
+OWL_TEMPLATE = "a photo of a {}"  # the query form of transformers' OWLv2 examples (CLIP-style)
 
 
 class Grounder:
@@ -72,6 +89,7 @@ class Grounder:
             )
         model = load_pretrained(AutoModelForZeroShotObjectDetection.from_pretrained, source, "grounder")
         self.model = model.to(self.device, self.dtype).eval()
+        self.owl = getattr(model.config, "model_type", "") in OWL_TYPES  # one query per phrase, no text threshold
         self._lock = threading.Lock()
         log.info("grounder %s on %s (%s)", source, self.device, self.dtype)
 
@@ -90,18 +108,33 @@ class Grounder:
             raise ValueError(f"got {len(images)} images but {len(texts)} texts; pass one text per image")
         if not images:
             return []
-        prompts = [grounding_text(t) for t in texts]
         rgb = [im if im.mode == "RGB" else im.convert("RGB") for im in images]
-        inputs = self.processor(images=rgb, text=prompts, padding=True, return_tensors="pt")
+        sizes = [(im.height, im.width) for im in rgb]
+        if self.owl:
+            phrases = [grounding_phrases(t) for t in texts]
+            queries = [[OWL_TEMPLATE.format(p) for p in ps] for ps in phrases]
+            # OWL's text context is 16 tokens: a longer query is cut, not an error
+            inputs = self.processor(images=rgb, text=queries, truncation=True, return_tensors="pt")
+        else:
+            inputs = self.processor(images=rgb, text=[grounding_text(t) for t in texts], padding=True,
+                                    return_tensors="pt")
         inputs = {k: self._to_device(v) for k, v in inputs.items()}
         with self._lock, torch.inference_mode():
             outputs = self.model(**inputs)
         outputs.logits = outputs.logits.float()
         outputs.pred_boxes = outputs.pred_boxes.float()
-        results = self.processor.post_process_grounded_object_detection(
-            outputs, inputs["input_ids"], threshold=box_threshold, text_threshold=text_threshold,
-            target_sizes=[(im.height, im.width) for im in rgb],
-        )
+        if self.owl:  # boxes relative to the padded square: transformers scales them by the longer side
+            n = max(len(ps) for ps in phrases)
+            outputs.logits = outputs.logits.clone()  # an inference tensor; the copy can be edited
+            for i, ps in enumerate(phrases):  # the processor pads short query lists with " ": never a match
+                outputs.logits[i, :, len(ps):] = float("-inf")
+            results = self.processor.post_process_grounded_object_detection(
+                outputs, threshold=box_threshold, target_sizes=sizes,
+                text_labels=[ps + [""] * (n - len(ps)) for ps in phrases])
+        else:
+            results = self.processor.post_process_grounded_object_detection(
+                outputs, inputs["input_ids"], threshold=box_threshold, text_threshold=text_threshold,
+                target_sizes=sizes)
         out: list[list[Detection]] = []
         for im, res in zip(rgb, results):
             dets = []

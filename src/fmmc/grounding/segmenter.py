@@ -9,8 +9,11 @@
 
 The image embedding (the expensive ViT pass) of the last image is cached, so several prompts on one
 image cost one encoder pass. ``SamModel`` checkpoints (``facebook/sam-vit-base|large|huge``, SlimSAM,
-local dirs) are supported and tested; ``Sam2Model`` checkpoints load through the same code, but
-transformers' SAM 2 image processor needs torchvision, so that path is untested here.
+local dirs) and ``Sam2Model`` ones (``facebook/sam2.1-hiera-tiny|small|base-plus|large``, ``sam2-hiera-*``)
+run the same code. Each family's masks are upscaled as its own processor does: SAM pads after resizing
+(upscale to the padded input, crop, resize to the image), SAM 2 stretches the image to a square (masks go
+straight to the image's size). transformers' SAM 2 image processor needs torchvision, so CI tests SAM 2 in
+its second environment (``tests/test_tv_sam2.py``).
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ class _Embedded:
     original: tuple[int, int]  # (H, W) of the image
     reshaped: tuple[int, int]  # (H, W) after resizing, before padding
     padded: tuple[int, int]  # (H, W) the encoder saw
+    stretched: bool = False  # SAM 2: the image was resized to ``padded`` without padding
 
 
 class Segmenter:
@@ -88,7 +92,8 @@ class Segmenter:
         reshaped = padded
         if "reshaped_input_sizes" in enc:  # SAM pads after resizing; SAM 2 stretches to a square
             reshaped = tuple(int(v) for v in enc["reshaped_input_sizes"][0].tolist())  # type: ignore[assignment]
-        emb = _Embedded(key, embeddings, (image.height, image.width), reshaped, padded)
+        emb = _Embedded(key, embeddings, (image.height, image.width), reshaped, padded,
+                        stretched="reshaped_input_sizes" not in enc)
         self._cache = emb
         return emb
 
@@ -211,6 +216,9 @@ class Segmenter:
         outs = []
         for start in range(0, len(logits), _UPSCALE_CHUNK):
             x = logits[start:start + _UPSCALE_CHUNK][:, None]
+            if emb.stretched:  # SAM 2's post_process_masks: one resize to the image
+                outs.append(F.interpolate(x, emb.original, mode="bilinear", align_corners=False)[:, 0])
+                continue
             if cropped:  # already cut to the valid (unpadded) region at low resolution
                 x = F.interpolate(x, emb.reshaped, mode="bilinear", align_corners=False)
             else:

@@ -55,7 +55,13 @@ def _warn_truncated(spec: str, tokenizer: Any, texts: list[str], max_tokens: int
 
 
 class HFTextEncoder:
-    """A CLIP text tower with projection (``text_embeds``) or a SigLIP text tower (``pooler_output``)."""
+    """A CLIP text tower with projection (``text_embeds``) or a SigLIP / SigLIP 2 text tower (``pooler_output``).
+
+    SigLIP and SigLIP 2 see text as they were trained on it: padded at the end to the full context
+    (64 tokens for SigLIP 2) with no attention mask, the last position pooled. SigLIP 2 (a ``siglip2``
+    checkpoint, or a fixed-resolution ``siglip`` one with a Gemma tokenizer) also gets its text lower-cased,
+    as its training did; ``Siglip2Tokenizer`` lower-cases too, a plain ``GemmaTokenizer`` does not.
+    """
 
     def __init__(self, source: str, device: str | torch.device = "cpu", max_tokens: int | None = None,
                  dtype: torch.dtype | None = None) -> None:
@@ -83,6 +89,8 @@ class HFTextEncoder:
         limit = int(getattr(text_config, "max_position_embeddings", 77))
         tok_limit = int(getattr(self.tokenizer, "model_max_length", limit) or limit)
         self.max_tokens = int(max_tokens or (min(limit, tok_limit) if tok_limit < _HUGE else limit))
+        self.lowercase = model_type.startswith("siglip2") or (
+            self.family == "siglip" and type(self.tokenizer).__name__.startswith(("Gemma", "Siglip2")))
         if self.family == "clip":
             self.dim = int(self.model.config.projection_dim)
         else:
@@ -97,13 +105,16 @@ class HFTextEncoder:
         if not texts:
             return torch.empty(0, self.dim)
         with self._lock:  # fast tokenizers and the model are not safe to share between threads
+            if self.lowercase:
+                texts = [t.lower() for t in texts]
             _warn_truncated(self.spec, self.tokenizer, texts, self.max_tokens)
-            # SigLIP was trained on text padded to its full context; CLIP pools at the EOS token.
-            padding = "max_length" if self.family == "siglip" else True
+            # SigLIP was trained on text padded (at the end) to its full context; CLIP pools at the EOS token.
+            pad: dict[str, Any] = {"padding": "max_length", "padding_side": "right"} if self.family == "siglip" \
+                else {"padding": True}
             out = []
             for i in range(0, len(texts), batch_size):
-                batch = self.tokenizer(texts[i:i + batch_size], padding=padding, truncation=True,
-                                       max_length=self.max_tokens, return_tensors="pt").to(self.device)
+                batch = self.tokenizer(texts[i:i + batch_size], truncation=True, max_length=self.max_tokens,
+                                       return_tensors="pt", **pad).to(self.device)
                 if self.family == "siglip":
                     batch.pop("attention_mask", None)
                     emb = self.model(**batch).pooler_output
