@@ -1,7 +1,8 @@
 """``fmmc reproduce CONFIG [--out DIR] [--only TABLE,...] [--dry-run] [--fail-fast] [key=value ...]``.
 
 Runs the paper's experiment grid from a YAML file (main table, streams, backbone x training mode, masks,
-data scale) and writes every table beside the published numbers::
+data scale; in paper.yaml also FMD under both protocols: in-domain, a head trained on 10 random halves of
+FMD, beside cross-domain) and writes every table beside the published numbers and their sources::
 
     fmmc reproduce configs/paper.yaml --out runs/paper             # real checkpoints and datasets
     fmmc reproduce configs/offline.yaml --out runs/offline         # minutes on CPU, generated data

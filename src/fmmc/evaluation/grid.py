@@ -21,7 +21,17 @@ mapping of TrainConfig overrides (or ``model: SPEC`` for a baseline / an already
         plot: train_fraction             # also draw a curve over this TrainConfig field
         rows: {"0.2x": {train_fraction: 0.1}, "2x": {train_fraction: 1.0}}
 
-A *cell* is (model, test set). Cells with the same resolved training config share one trained model,
+A column (or row) may carry ``protocol: "splits:10"``: its cell trains the row's head on random halves of
+the test set itself (:mod:`fmmc.evaluation.in_domain`) instead of evaluating a model trained elsewhere;
+``eval.split_seed`` seeds the halves. ``metric: acc%`` shows accuracy in percent, ours as mean ± std::
+
+      - id: protocols
+        metric: acc%
+        test_set: fmd
+        columns: {in-domain: {protocol: "splits:10"}, cross-domain: {}}
+        rows: {Ours: {}}
+
+A *cell* is (model, test set[, protocol]). Cells with the same resolved training config share one trained model,
 whichever tables they appear in; ids are readable (the overrides that differ from the base) plus a hash of
 the full config, so editing the config never reuses a stale model. ``{out}`` in strings is the output folder.
 """
@@ -31,13 +41,14 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from fmmc.core.config import apply_overrides, from_dict, read_file
 from fmmc.train.config import TrainConfig
 
+METRICS = ("acc", "miou|macc", "acc%")  # what a table's cells show
 # fields that do not change what a training run learns (left out of its identity)
 _NOT_IDENTITY = ("out", "progress", "cache_dir", "device", "extract_batch_size")
 
@@ -53,7 +64,7 @@ class TestSetConfig:
 class TableConfig:
     id: str
     title: str = ""
-    metric: str = "miou|macc"  # acc | miou|macc
+    metric: str = "miou|macc"  # acc | miou|macc | acc% (percent, mean ± std for a splits cell)
     rows: dict[str, Any] = field(default_factory=dict)
     columns: Any = None  # list of test-set keys (default all) | mapping label -> overrides (needs test_set)
     test_set: str | None = None
@@ -78,6 +89,7 @@ class GridEvalConfig:
     n_boot: int = 1000
     seed: int = 0
     device: str = "cpu"
+    split_seed: int = 0  # seed of the random halves of a splits:N cell
 
 
 @dataclass
@@ -104,6 +116,7 @@ class Cell:
     model: str | None = None
     fingerprint: str = ""
     places: list[tuple[str, str, str]] = field(default_factory=list)  # (table id, row, column)
+    protocol: str = "cross"  # cross | splits:N (the head of `train` trained on halves of the test set)
 
 
 def load_grid_config(path: str | Path, overrides: list[str] | None = None, out: str | None = None) -> GridConfig:
@@ -208,8 +221,8 @@ def plan(cfg: GridConfig, where: str = "config") -> list[Cell]:
         if t.id in seen_ids:
             raise ValueError(f"{tw}: duplicate table id")
         seen_ids.add(t.id)
-        if t.metric not in ("acc", "miou|macc"):
-            raise ValueError(f"{tw}: metric {t.metric!r}: choose acc or miou|macc")
+        if t.metric not in METRICS:
+            raise ValueError(f"{tw}: metric {t.metric!r}: choose {', '.join(METRICS)}")
         if not t.rows:
             raise ValueError(f"{tw}: no rows")
         for row, row_over in t.rows.items():
@@ -217,18 +230,41 @@ def plan(cfg: GridConfig, where: str = "config") -> list[Cell]:
                 over = {**t.overrides, **(row_over or {}), **col_over}
                 model = over.pop("model", None)
                 cw = f"{tw}.rows[{row}] x columns[{col}]"
+                protocol = _protocol(over.pop("protocol", None), model, cw)
                 if model is not None:
                     model = cfg.baselines.get(model, model)
                     mid, train = f"model-{slug(_short(model), 40)}-{short_hash(model)}", None
+                elif protocol != "cross":  # trained on the test set's halves: the training data plays no part
+                    train = replace(from_dict(TrainConfig, {**cfg.train, **over}, where=cw), data="")
+                    mid = f"{slug(protocol)}-{train_id(train, replace(base, data=''))}"
                 else:
                     train = from_dict(TrainConfig, {**cfg.train, **over}, where=cw)
                     mid = train_id(train, base)
                 cid = f"{mid}__{test_key}"
-                cell = cells.get(cid) or Cell(cid, mid, test_key, train, model)
+                cell = cells.get(cid) or Cell(cid, mid, test_key, train, model, protocol=protocol)
                 cell.places.append((t.id, row, col))
                 cells[cid] = cell
     for cell in cells.values():
         ts = cfg.test_sets[cell.test_key]
-        cell.fingerprint = short_hash({"model": cell.model, "train": identity(cell.train) if cell.train else None,
-                                       "test": asdict(ts), "eval": asdict(cfg.eval)}, 16)
+        fp = {"model": cell.model, "train": identity(cell.train) if cell.train else None, "test": asdict(ts),
+              "eval": asdict(cfg.eval)}
+        if cell.protocol != "cross":
+            fp["protocol"] = cell.protocol
+        else:  # the seed of the halves changes no cross-domain cell: their fingerprints stay as they were
+            fp["eval"].pop("split_seed")
+        cell.fingerprint = short_hash(fp, 16)
     return list(cells.values())
+
+
+def _protocol(value: Any, model: Any, where: str) -> str:
+    """The cell's protocol as text (``cross``, ``splits:N``); a baseline has no head to train on halves."""
+    from fmmc.evaluation.protocols import parse_protocol
+
+    try:
+        p = str(parse_protocol(value))
+    except ValueError as e:
+        raise ValueError(f"{where}: {e}") from e
+    if p != "cross" and model is not None:
+        raise ValueError(f"{where}: protocol {p} trains a head on halves of the test set; a `model:` ({model}) has none "
+                         "to train: drop one of them")
+    return p

@@ -8,7 +8,8 @@ Output folder::
 
     reproduce_config.yaml   the resolved config        plan.json     every cell and where it appears
     models/<train-id>/      one training run per distinct training config (model in model/)
-    evals/<cell-id>/        a full `fmmc eval` folder per cell (metrics.json, report.md, figures)
+    evals/<cell-id>/        a full `fmmc eval` folder per cell (metrics.json, report.md, figures); a splits:N
+                            cell's is an in-domain one (splits.json, splits/NN/), :mod:`fmmc.evaluation.in_domain`
     cells/<cell-id>.json    the cell's result, written atomically when the cell is finished
     tables.md, tables.json  every table in the paper's layout, ours beside the published numbers
     <table>.png             curves (data scale)           report.md     everything in one page
@@ -151,6 +152,20 @@ class GridRunner:
                 "classes_present")
         return {k: m[k] for k in keep if k in m}
 
+    def evaluate_splits(self, cell: Cell) -> dict[str, Any]:
+        """A ``splits:N`` cell: the cell's head trained and scored on N halves of its test set."""
+        from fmmc.evaluation.evaluate import EvalSettings
+        from fmmc.evaluation.in_domain import run_splits
+
+        assert cell.train is not None
+        e = self.cfg.eval
+        settings = EvalSettings(classes=e.classes, n_boot=e.n_boot, seed=e.seed, progress=self.progress)
+        cfg = replace(cell.train, cache_dir=str(self.cache_dir), progress=self.progress)
+        m = run_splits(self.test_set(cell.test_key), self.out / "evals" / cell.cell_id, cfg, cell.protocol,
+                       seed=e.split_seed, settings=settings, overwrite=True, echo=self.echo)  # our own cell
+        keep = ("n", "acc", "macc", "miou", "top3", "top5", "ece", "std", "n_splits", "split_seed", "protocol")
+        return {k: m[k] for k in keep if k in m}
+
     def load_model(self, cell: Cell, result: GridResult) -> Any:
         from fmmc.evaluation.models import load_eval_model
 
@@ -205,9 +220,12 @@ class GridRunner:
         for c in todo:
             t0 = time.time()
             try:
-                if model is None:
-                    model = self.load_model(c, result)
-                metrics = self.evaluate(c, model)
+                if c.protocol != "cross":
+                    metrics = self.evaluate_splits(c)
+                else:
+                    if model is None:
+                        model = self.load_model(c, result)
+                    metrics = self.evaluate(c, model)
             except KeyboardInterrupt:
                 raise
             except Exception as e:  # noqa: BLE001 - one failing cell must not lose the others
@@ -216,12 +234,13 @@ class GridRunner:
                 msg = f"{type(e).__name__}: {e}"
                 log.error("cell %s failed: %s", c.cell_id, msg)
                 result.failed[c.cell_id] = msg
-                if model is None:  # the model itself failed: its other cells would fail the same way
+                if model is None and c.protocol == "cross":  # the model failed: its other cells would too
                     for other in todo[todo.index(c) + 1:]:
                         result.failed[other.cell_id] = f"skipped: model {c.model_id} failed ({msg[:200]})"
                     return
                 continue
             rec = {"cell": c.cell_id, "model_id": c.model_id, "test_set": c.test_key, "fingerprint": c.fingerprint,
+                   "protocol": c.protocol,
                    "model": c.model, "train": asdict(c.train) if c.train else None, "places": c.places,
                    "metrics": metrics, "eval_dir": f"evals/{c.cell_id}", "seconds": round(time.time() - t0, 1),
                    "finished": time.strftime("%Y-%m-%d %H:%M:%S")}

@@ -207,8 +207,8 @@ class FeatureExtractor:
         forward = self._compiled if self._compiled is not None and inference else self.backbone
         outs = []
         with ctx:
-            for i in range(0, n, step):
-                chunk = pixels[i : i + step]
+            # the whole batch in one call needs no loop, so a traced batch size stays free (fmmc.model.onnx_export)
+            for chunk in (pixels,) if n <= step else (pixels[i : i + step] for i in range(0, n, step)):
                 k = chunk.shape[0]
                 if forward is self._compiled and k < step:  # one static shape: no recompile for a short chunk
                     chunk = torch.cat([chunk, chunk.new_zeros((step - k, *chunk.shape[1:]))])

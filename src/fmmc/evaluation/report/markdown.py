@@ -124,3 +124,55 @@ def _plain(obj: Any) -> Any:
     from fmmc.core.io import dumps
 
     return json.loads(dumps(obj))
+
+
+def mean_pm(mean: Any, std: Any, digits: int = 3) -> str:
+    """``mean ± std`` (the std left out when there is none: a single split)."""
+    return fmt(mean, digits) if std is None else f"{fmt(mean, digits)} ± {fmt(std, digits)}"
+
+
+SPLITS_HEADERS = ("split", "seed", "train", "test", "acc", "mAcc", "mIoU")
+
+
+def _splits_rows(m: dict[str, Any], link: bool) -> list[list[str]]:
+    rows = []
+    for p in m["per_split"]:
+        row = [f"{p['split']:02d}", str(p["seed"]), str(p["n_train"]), str(p["n_test"]), fmt(p["acc"]),
+               fmt(p["macc"]), fmt(p["miou"])]
+        if link:
+            row.append(f"[report](splits/{p['split']:02d}/report.md)")
+        rows.append(row)
+    return rows
+
+
+def splits_console(m: dict[str, Any], out: Any = None) -> str:
+    """The console summary of an in-domain (``splits:N``) evaluation."""
+    mean, std = m["mean"], m["std"]
+    lines = [f"{m.get('model', '')} trained and tested on halves of {m.get('data', '')} ({m['protocol']}, seed "
+             f"{m['split_seed']}, classes: {m.get('classes_mode')})",
+             text_table(SPLITS_HEADERS, _splits_rows(m, link=False)), "",
+             f"mean ± std over {m['n_splits']} splits: acc {mean_pm(mean.get('acc'), std.get('acc'))}  "
+             f"mAcc {mean_pm(mean.get('macc'), std.get('macc'))}  mIoU {mean_pm(mean.get('miou'), std.get('miou'))}"]
+    if out is not None:
+        lines.append(f"\nwritten to {out} (splits.json reruns these splits: --splits {out}/splits.json)")
+    return "\n".join(lines)
+
+
+def splits_report(m: dict[str, Any], meta: dict[str, Any]) -> str:
+    """``report.md`` of an in-domain (``splits:N``) evaluation."""
+    mean, std = m["mean"], m["std"]
+    parts = [f"# In-domain evaluation: `{m.get('model')}` on halves of `{m.get('data')}`", "",
+             f"Protocol `{m['protocol']}` (texture papers' in-domain protocol): {m['n_splits']} random 50/50 splits of "
+             f"the {m['n']} regions, stratified by class, seed {m['split_seed']} (`splits.json`); for each, a head is "
+             "trained on one half (its validation split drawn from that half) and scored on the other. Mean ± "
+             "sample standard deviation over the splits. This is not the paper's protocol (trained on synthetic "
+             "images only, never on this test set); see docs/evaluation.md, \"Two protocols\".", "",
+             md_table(("", "acc", "mAcc", "mIoU", "top-3", "top-5", "ECE"),
+                      [["mean ± std"] + [mean_pm(mean.get(k), std.get(k)) for k in
+                                         ("acc", "macc", "miou", "top3", "top5", "ece")]]), "",
+             "## Splits", "", md_table(SPLITS_HEADERS + ("details",), _splits_rows(m, link=True), "lrrrrrrl"), "",
+             "Rerun exactly these splits: `fmmc eval DATA --splits splits.json` with the same training options.", ""]
+    resolved = {"model": m.get("model"), "data": m.get("data"), **meta}
+    parts += ["## Resolved configuration", "", "```yaml", yaml.safe_dump(_plain(resolved), sort_keys=False).rstrip(),
+              "```", ""]
+    return "\n".join(parts)

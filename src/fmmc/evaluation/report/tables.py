@@ -4,8 +4,13 @@
     >>> paper["backbones"]["rows"]["head"]["DINOv2"]
     '0.79|0.88'
 
-Cells are ``acc`` (Table 1) or ``mIoU|mAcc`` (Tables 2-5) with two decimals, as printed in the paper.
-Rows the paper has and the config does not (MatSim) are shown with the paper's numbers only.
+Cells are ``acc`` (Table 1) or ``mIoU|mAcc`` (Tables 2-5) with two decimals, as printed in the paper, or
+``acc%`` (the protocols table: percent, ours as mean ± std over the splits of an in-domain cell). Rows the
+paper has and the config does not (MatSim) are shown with the paper's numbers only.
+
+The published numbers are one data file (``data/paper_results.yaml``): each table has a ``source`` (and
+``sources`` per row where rows come from other papers), and a cell may be ``"@table/row/column"``, the same
+figure as another table's (one copy of each number). Every table is printed with its sources.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ log = logging.getLogger(__name__)
 
 
 def load_paper(source: str = "builtin") -> dict[str, Any]:
-    """Published numbers: the built-in file, a YAML file, or nothing (``none``)."""
+    """Published numbers: the built-in file, a YAML file, or nothing (``none``); references resolved."""
     if source == "none":
         return {}
     if source == "builtin":
@@ -36,7 +41,28 @@ def load_paper(source: str = "builtin") -> dict[str, Any]:
         if not p.is_file():
             raise ValueError(f"paper_results {source!r}: not a file (use builtin, none or a YAML path)")
         text = p.read_text()
-    return yaml.safe_load(text) or {}
+    return _resolve(yaml.safe_load(text) or {}, source)
+
+
+def _resolve(paper: dict[str, Any], where: str) -> dict[str, Any]:
+    """Replace ``"@table/row/column"`` cells by that cell's value; a referenced row takes the source of the
+    table it points to (unless ``sources`` names one)."""
+    for tid, table in paper.items():
+        sources = table.setdefault("sources", {}) or {}
+        table["sources"] = sources
+        for row, cols in (table.get("rows") or {}).items():
+            for col, v in (cols or {}).items():
+                if not (isinstance(v, str) and v.startswith("@")):
+                    continue
+                ref_t, _, rest = v[1:].partition("/")
+                ref_r, _, ref_c = rest.rpartition("/")
+                target = ((paper.get(ref_t) or {}).get("rows") or {}).get(ref_r) or {}
+                if ref_c not in target or str(target[ref_c]).startswith("@"):
+                    raise ValueError(f"paper_results {where}: {tid}.rows[{row}][{col}] = {v!r} names no published "
+                                     "cell; write it as @table/row/column of a table in the same file")
+                cols[col] = target[ref_c]
+                sources.setdefault(row, paper[ref_t].get("source"))
+    return paper
 
 
 def _paper_cell(v: Any) -> tuple[float | None, float | None, float | None]:
@@ -52,13 +78,23 @@ def _paper_cell(v: Any) -> tuple[float | None, float | None, float | None]:
 def _cell_text(metric: str, m: dict[str, Any] | None) -> str:
     if m is None:
         return "–"
+    if metric == "acc%":
+        std = (m.get("std") or {}).get("acc")
+        return _pct(m.get("acc")) if std is None else f"{_pct(m.get('acc'))} ± {_pct(std)}"
     return fmt(m.get("acc"), 2) if metric == "acc" else pair(m.get("miou"), m.get("macc"))
 
 
+def _pct(v: Any) -> str:
+    return "–" if v is None else fmt(100 * float(v), 1)
+
+
 def _paper_text(metric: str, v: Any) -> str:
-    acc, miou, macc = _paper_cell(v)
     if v is None:
         return "–"
+    if metric == "acc%":  # a number, or a range "0.798-0.823" (several published variants)
+        lo, _, hi = str(v).partition("-")
+        return f"{_pct(lo)}–{_pct(hi)}" if hi else _pct(lo)
+    acc, miou, macc = _paper_cell(v)
     return fmt(acc, 2) if metric == "acc" else pair(miou, macc)
 
 
@@ -86,17 +122,19 @@ def build_tables(cfg: GridConfig, result: Any) -> list[dict[str, Any]]:
             rows.append({"label": row, "ours": row in t.rows, "cells": cells})
         out.append({"id": t.id, "title": t.title or pt.get("title") or t.id, "metric": t.metric, "columns": cols,
                     "rows": rows, "note": pt.get("note"), "plot": t.plot, "paper_x": pt.get("x") or {},
-                    "has_paper": bool(prow)})
+                    "has_paper": bool(prow), "published": pt.get("published") or "paper",
+                    "source": pt.get("source"), "sources": {r: v for r, v in (pt.get("sources") or {}).items() if v}})
     return out
 
 
 def table_markdown(tab: dict[str, Any]) -> str:
     headers = [""]
+    pub = tab.get("published", "paper")
     for col in tab["columns"]:
-        headers += [col, f"{col} (paper)"] if tab["has_paper"] else [col]
+        headers += [col, f"{col} ({pub})"] if tab["has_paper"] else [col]
     rows = []
     for r in tab["rows"]:
-        line = [r["label"] if r["ours"] else f"{r['label']} (paper only)"]
+        line = [r["label"] if r["ours"] else f"{r['label']} ({pub} only)"]
         for col in tab["columns"]:
             cell = r["cells"][col]
             text = _cell_text(tab["metric"], cell["metrics"]) if cell["status"] != "failed" else "failed"
@@ -105,6 +143,18 @@ def table_markdown(tab: dict[str, Any]) -> str:
                 line.append(_paper_text(tab["metric"], cell["paper"]))
         rows.append(line)
     return md_table(headers, rows)
+
+
+def sources_markdown(tab: dict[str, Any]) -> list[str]:
+    """Where the table's published numbers come from: the table's source, then each row's own."""
+    lines = [f"Published numbers: {' '.join(str(tab['source']).split())}."] if tab.get("source") else []
+    rows_of: dict[str, list[str]] = {}  # rows that share a source are listed on one line
+    for r, v in tab.get("sources", {}).items():
+        if v != tab.get("source"):
+            rows_of.setdefault(" ".join(str(v).split()), []).append(r)
+    if rows_of:
+        lines += ([""] if lines else []) + [f"- {', '.join(rows)}: {src}" for src, rows in rows_of.items()]
+    return lines + [""] if lines else []
 
 
 def _curve(tab: dict[str, Any], path: Path) -> bool:
@@ -139,6 +189,8 @@ def write_tables(cfg: GridConfig, result: Any) -> Path:
     md = []
     for tab in tables:
         md += [f"### {tab['title']}", "", table_markdown(tab), ""]
+        if tab["has_paper"]:
+            md += sources_markdown(tab)
         if tab["note"]:
             md += [f"Paper note: {' '.join(str(tab['note']).split())}", ""]
         if tab["id"] in figures:
