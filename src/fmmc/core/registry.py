@@ -150,7 +150,15 @@ _declare(
      "base URL from FMMC_OPENAI_BASE_URL / OPENAI_BASE_URL, key from OPENAI_API_KEY",
      ("openai:gpt-4o-mini", "openai:Qwen/Qwen2.5-VL-7B-Instruct")),
     ("hf", "fmmc.language.hf_describer:build_hf_describer", "a local transformers image-text-to-text VLM",
-     ("hf:HuggingFaceTB/SmolVLM-256M-Instruct", "hf:/path/to/local/vlm")),
+     (("hf:HuggingFaceTB/SmolVLM-256M-Instruct",
+       "SmolVLM (idefics3): chat template, red outline (marking contour / contour+crop); no torchvision"),
+      ("hf:Qwen/Qwen2.5-VL-3B-Instruct",
+       "Qwen2.5-VL (qwen2_5_vl; Qwen3-VL ids such as Qwen/Qwen3-VL-2B-Instruct too): chat template; its "
+       "processor needs torchvision"),
+      ("hf:florence-community/Florence-2-base",
+       "Florence-2 (florence2, native transformers): task tokens, the region as <loc_*> box tokens "
+       "(marking box) or a close-up caption (marking crop); no free prompt, no torchvision"),
+      "hf:/path/to/local/vlm")),
 )
 _declare(
     "text-encoder",
