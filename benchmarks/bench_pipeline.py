@@ -156,20 +156,18 @@ def main(argv: list[str] | None = None) -> int:
         f_bf16, _, _ = b16.extract_regions(regions[: 2 * batch], progress=False)
         cos = float(torch.nn.functional.cosine_similarity(f_fp32, f_bf16).min())
         workers = 2 if not gpu else min(8, os.cpu_count() or 1)
-        e2e_ex = FeatureExtractor(build("backbone", f"hf:{model}", image_size=448), batch_size=batch,
-                                  device=args.device, dtype="bf16", num_workers=workers, decoder="pil-draft")
-        e2e_ex.extract_regions(regions[:batch], progress=False)
-        t = time.perf_counter()
-        e2e_ex.extract_regions(regions, progress=False)
-        e2e = len(regions) / (time.perf_counter() - t)
-        e2e_tv = None
-        if importlib.util.find_spec("torchvision") is not None:  # the second environment, or a GPU machine's
-            tv_ex = FeatureExtractor(build("backbone", f"hf:{model}", image_size=448), batch_size=batch,
-                                     device=args.device, dtype="bf16", num_workers=workers, decoder="torchvision-gpu")
-            tv_ex.extract_regions(regions[:batch], progress=False)
+
+        def e2e_rate(decoder: str) -> float:
+            ex = FeatureExtractor(build("backbone", f"hf:{model}", image_size=448), batch_size=batch,
+                                  device=args.device, dtype="bf16", num_workers=workers, decoder=decoder)
+            ex.extract_regions(regions[:batch], progress=False)  # warm-up
             t = time.perf_counter()
-            tv_ex.extract_regions(regions, progress=False)
-            e2e_tv = len(regions) / (time.perf_counter() - t)
+            ex.extract_regions(regions, progress=False)
+            return len(regions) / (time.perf_counter() - t)
+
+        e2e = e2e_rate("pil-draft")
+        # torchvision imports in the second environment, or on a GPU machine's own: decoded on the device
+        e2e_tv = e2e_rate("torchvision-gpu") if importlib.util.find_spec("torchvision") is not None else None
         print(f"\nmatmul ceilings ({args.device}): fp32 {c32:.0f} GFLOP/s, bf16 {c16:.0f} GFLOP/s ({c16 / c32:.1f}x)")
         print(f"forward (ready tensors): fp32 {f32:.2f} img/s ({f32 * gflop:.0f} GFLOP/s = {f32 * gflop / c32:.2f} of the "
               f"fp32 ceiling); bf16 cast {fb16:.2f} img/s ({fb16 * gflop / c16:.2f} of the bf16 ceiling, "

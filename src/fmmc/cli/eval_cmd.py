@@ -103,6 +103,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _run_splits(args: argparse.Namespace, settings: EvalSettings) -> int:
     from fmmc.cli.main import CLIError
+    from fmmc.cli.options import train_overrides
     from fmmc.core.config import load_config
     from fmmc.evaluation.in_domain import run_splits
     from fmmc.evaluation.report.markdown import splits_console
@@ -111,15 +112,7 @@ def _run_splits(args: argparse.Namespace, settings: EvalSettings) -> int:
     if args.data:
         raise CLIError(f"with --protocol {args.protocol} the test set is the first argument "
                        f"({args.model!r}); drop --data {args.data}")
-    overrides = [f"device={args.device}", *args.overrides]  # defaults < --config < flags < key=value
-    for flag, key in TRAIN_FLAGS + (("describer", "describer"),):
-        val = getattr(args, flag)
-        if val is not None:
-            overrides.insert(0, f"{key}={val}")
-    if args.quiet:
-        overrides.append("progress=false")
-    if args.num_workers is not None:
-        overrides.append(f"num_workers={args.num_workers}")
+    overrides = train_overrides(args, TRAIN_FLAGS + (("describer", "describer"),), first=(f"device={args.device}",))
     cfg = load_config(TrainConfig, args.config, overrides)
     protocol = None if args.splits and args.protocol == "cross" else args.protocol
     metrics = run_splits(args.model, args.out, cfg, protocol, seed=args.split_seed, splits_file=args.splits,

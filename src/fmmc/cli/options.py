@@ -18,3 +18,22 @@ def add_num_workers(p: argparse.ArgumentParser) -> None:
     p.add_argument("--num-workers", type=int, metavar="N",
                    help="processes decoding images (default: up to 8 with a GPU; on a CPU 0 up to 2 cores, else a "
                         "quarter of them); 0 decodes in this process, one batch ahead in a thread")
+
+
+def train_overrides(args: argparse.Namespace, flags: tuple[tuple[str, str], ...],
+                    first: tuple[str, ...] = ()) -> list[str]:
+    """``key=value`` overrides of a ``TrainConfig`` from a command's flags: ``first``, then the flags in
+    ``flags`` (attribute, config field) that are set, then the command's own ``key=value`` arguments, then
+    ``--quiet``, ``--num-workers`` and ``--allow-outside-paths`` (defaults < --config < flags < key=value)."""
+    overrides = [*first, *args.overrides]
+    for flag, key in flags:
+        val = getattr(args, flag)
+        if val is not None:
+            overrides.insert(0, f"{key}={val}")
+    if getattr(args, "quiet", False):
+        overrides.append("progress=false")
+    if getattr(args, "num_workers", None) is not None:
+        overrides.append(f"num_workers={args.num_workers}")
+    if getattr(args, "allow_outside_paths", False):
+        overrides.append("allow_outside_paths=true")
+    return overrides

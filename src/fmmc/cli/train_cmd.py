@@ -31,23 +31,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from fmmc.cli.options import train_overrides
     from fmmc.core.config import load_config
     from fmmc.train.config import TrainConfig
     from fmmc.train.trainer import train
 
-    overrides = list(args.overrides)
-    for flag, key in (("data", "data"), ("out", "out"), ("backbone", "backbone"), ("text_encoder", "text_encoder"),
-                      ("describer", "describer"), ("streams", "streams"), ("epochs", "epochs")):
-        val = getattr(args, flag)
-        if val is not None:
-            overrides.insert(0, f"{key}={val}")
-    if args.quiet:
-        overrides.append("progress=false")
-    if args.num_workers is not None:
-        overrides.append(f"num_workers={args.num_workers}")
-    if args.allow_outside_paths:
-        overrides.append("allow_outside_paths=true")
-    cfg = load_config(TrainConfig, args.config, overrides)
+    flags = (("data", "data"), ("out", "out"), ("backbone", "backbone"), ("text_encoder", "text_encoder"),
+             ("describer", "describer"), ("streams", "streams"), ("epochs", "epochs"))
+    cfg = load_config(TrainConfig, args.config, train_overrides(args, flags))
     run_dir = train(cfg, overwrite=args.overwrite)
     import json
 
