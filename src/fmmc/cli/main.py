@@ -29,9 +29,11 @@ COMMANDS = [
     "serve_cmd",
     "synth_cmd",
     "convert_cmd",
+    "export_cmd",
+    "push_cmd",
 ]
 # commands that run a model: the thread rule (fmmc.core.threads) is applied before they start
-MODEL_COMMANDS = {"demo", "train", "features", "predict", "eval", "reproduce", "segment", "serve", "synth"}
+MODEL_COMMANDS = {"demo", "train", "features", "predict", "eval", "reproduce", "segment", "serve", "synth", "export"}
 THREADS_HELP = ("CPU threads for torch (default: $FMMC_THREADS, else torch's default capped at the CPUs this "
                 "process may use); also accepted after the command")
 

@@ -7,6 +7,11 @@ the exit status is 1 when no item could be predicted. Finished predictions are k
 existing one is replaced only with ``--overwrite``. ``--description TEXT`` is the language-stream text (a
 folder: every image's; a dataset: that of lines without their own), ``--describer SPEC`` overrides the
 model's describer; a two-stream model trained on dataset descriptions needs one of them for new photos.
+
+``--json`` (and every ``--out`` JSONL line) holds ``id``, ``label``, ``confidence``, ``top`` (``--top-k``
+classes of the taxonomy with their ``prob``, as before) and ``scores``: the pipeline convention, exactly
+what ``model(image, top_k=K)`` returns (``[{"label", "score"}, ...]`` sorted, among the classes the
+prediction chooses from; :mod:`fmmc.model.pipeline`).
 """
 
 from __future__ import annotations
@@ -53,7 +58,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--classes", help="comma-separated class names to choose from, or 'all' for the whole taxonomy "
                                      "(default: the classes the model was trained on)")
     p.add_argument("--top-k", type=positive_int, default=5, help="classes per prediction (>= 1; default 5)")
-    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table (its `scores`: the pipeline "
+                                                         "convention, [{label, score}, ...])")
     p.add_argument("--out", help="output file for folders/datasets (.jsonl or .csv; written when complete, finished "
                                  "predictions kept in .OUT.partial.jsonl meanwhile); default stdout JSONL")
     p.add_argument("--resume", action="store_true", help="continue an interrupted folder/dataset run into --out")
@@ -114,11 +120,18 @@ def run(args: argparse.Namespace) -> int:
 
         Image.fromarray(pred.mask.astype("uint8") * 255).save(args.save_mask)
     if args.json:
-        print(json.dumps(pred.to_json(args.top_k)))
+        print(json.dumps(_row(pred, args.top_k, model.class_indices(classes))))
     else:
         for label, prob in pred.top(args.top_k):
             print(f"{label:<12} {prob:.3f}")
     return 0
+
+
+def _row(pred, top_k: int, candidates: list[int] | None) -> dict:
+    """One prediction's JSON: :meth:`Prediction.to_json` plus ``scores``, the pipeline convention."""
+    from fmmc.model.pipeline import scores
+
+    return {**pred.to_json(top_k), "scores": scores(pred, top_k, candidates)}
 
 
 def _check_batch_args(src: Path, args: argparse.Namespace) -> None:
@@ -186,7 +199,8 @@ def _batch(model, src: Path, classes, args: argparse.Namespace) -> int:
                   file=sys.stderr)
     preds, failures = predict_journaled(model, regions, journal, progress=not args.quiet and "predict",
                                         classes=classes, description=args.description)
-    rows = [dict(p.to_json(args.top_k), **({"true_label": r.label} if r.label else {}))
+    candidates = model.class_indices(classes)
+    rows = [dict(_row(p, args.top_k, candidates), **({"true_label": r.label} if r.label else {}))
             for r, p in zip(regions, preds) if p is not None]
     if out is not None:
         with atomic_file(out) as f:  # appears complete, or not at all

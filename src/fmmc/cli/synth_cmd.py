@@ -6,6 +6,7 @@
     fmmc synth triplets configs/synth/default.yaml triplets.per_class=50     # one stage at a time
     fmmc synth generate CONFIG --engine ray --ray-address auto               # on a Ray cluster
     fmmc synth review runs/synth/dataset                                     # check a sample of labels by hand
+    fmmc synth push runs/synth/dataset me/synth-materials --private          # share it on the hub, with its card
 
 CONFIG is a YAML file (``configs/synth/*.yaml``); ``key=value`` overrides follow it (``generate.steps=20``).
 With ``triplets.llm`` set, run ``fmmc synth triplets`` once before starting shards, so all shards share one
@@ -51,7 +52,29 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
             s.add_argument("--num-gpus", type=float, default=None, help="GPUs per Ray actor (default 1 if any)")
         s.set_defaults(func=run, synth_stage=name)
     _add_review(stages)
+    _add_push(stages)
     p.set_defaults(func=_help(p))
+
+
+def _add_push(stages: argparse._SubParsersAction) -> None:
+    from fmmc.cli.push_cmd import add_push_options
+
+    help_ = ("upload a dataset folder (synth build's, or any fmmc dataset) with its card to a hub dataset repo; "
+             "it loads there with datasets.load_dataset(REPO_ID)")
+    s = stages.add_parser("push", help=help_, description=help_)
+    add_push_options(s, "dataset folder (metadata.jsonl), e.g. runs/synth/dataset")
+    s.set_defaults(func=_push)
+
+
+def _push(args: argparse.Namespace) -> int:
+    from fmmc.synth.share import push_dataset
+
+    url, wrote_card = push_dataset(args.source, args.repo_id, private=args.private or None, revision=args.revision,
+                                   token=args.token, commit_message=args.message)
+    if wrote_card:
+        print(f"wrote {Path(args.source) / 'README.md'} (a dataset card; edit it and push again to change it)")
+    print(f"pushed {args.source} -> datasets/{args.repo_id}: {url}")
+    return 0
 
 
 def _help(parser: argparse.ArgumentParser) -> Any:

@@ -44,6 +44,9 @@ def run(args: argparse.Namespace) -> int:
 
     summary = json.loads((run_dir / "summary.json").read_text())
     acc = summary.get("val_acc")
+    recipe = summary.get("recipe") or {}
+    if "auto" in (recipe.get("name"), recipe.get("asked")):
+        print(recipe["why"])  # what recipe=auto chose, and why
     print(f"model: {run_dir / 'model'}  (train {summary['n_train']}, val {summary['n_val']}"
           + (f", val acc {acc:.3f}" if acc is not None else "") + ")")
     return 0

@@ -132,14 +132,21 @@ class MaterialClassifier:
             preprocess=ex.pre.to_dict() if ex is not None else None, decode=DECODE_RULE,
             text_encoder=cfg.text_encoder if encoder.text_encoder is not None else None,
             describer=cfg.describer if encoder.text_encoder is not None else None,
-            head=HeadConfig(head.vision_dim, head.text_dim, len(taxonomy), head.mlp[0].out_features, head.mlp[2].p),
+            head=HeadConfig(head.vision_dim, head.text_dim, len(taxonomy), head.hidden, head.dropout,
+                            head.standardize),
             mode=cfg.mode, train=asdict(cfg),
             trained_classes=None if trained_classes is None else _in_taxonomy_order(taxonomy, trained_classes))
         return cls(config, head, encoder)
 
-    def save_pretrained(self, path: str | Path, include_backbone: bool = False) -> Path:
-        """Write ``config.json`` + ``model.safetensors`` (the head; the backbone too for ``mode=full`` or
-        ``include_backbone``, under the names of the backbone's own checkpoint)."""
+    def save_pretrained(self, path: str | Path, include_backbone: bool = False, *, card: bool = True,
+                        overwrite_card: bool = False, eval_results: Iterable[Any] = (), repo_id: str | None = None,
+                        license: str | None = None, datasets: Iterable[str] = ()) -> Path:
+        """Write ``config.json`` (with ``id2label``/``label2id``) + ``model.safetensors`` (the head; the backbone
+        too for ``mode=full`` or ``include_backbone``, under the names of the backbone's own checkpoint) and,
+        with ``card``, the model card ``README.md`` (:mod:`fmmc.model.card`: a README fmmc did not write is
+        kept unless ``overwrite_card``). ``eval_results``: ``fmmc eval`` folders, their metrics.json or
+        ``huggingface_hub.EvalResult``s, added to the card's model-index; ``repo_id``: the hub id the card's
+        usage shows; ``license`` / ``datasets``: the card's (default apache-2.0 / none)."""
         from fmmc.core.io import save_safetensors, write_text_atomic
         from fmmc.vision.protocol import export_state
 
@@ -152,9 +159,46 @@ class MaterialClassifier:
             tensors.update({f"backbone.{k}": v.detach().cpu().contiguous() for k, v in state.items()})
             self.config.backbone_weights_included = True
         save_safetensors(tensors, path / WEIGHTS_NAME, metadata={"format": "pt", "fmmc_version": __version__})
+        if card:
+            self.write_card(path, overwrite=overwrite_card, eval_results=eval_results, repo_id=repo_id,
+                            license=license, datasets=datasets)
         # config.json last and atomically: a folder with one is a complete model
-        write_text_atomic(path / CONFIG_NAME, json.dumps(self.config.to_json(), indent=1, default=str))
+        labels = {"id2label": {str(i): n for i, n in enumerate(self.labels)},
+                  "label2id": {n: i for i, n in enumerate(self.labels)}}  # derived: dropped again at load
+        write_text_atomic(path / CONFIG_NAME, json.dumps({**self.config.to_json(), **labels}, indent=1, default=str))
         return path
+
+    def write_card(self, path: str | Path, *, overwrite: bool = False, eval_results: Iterable[Any] = (),
+                   repo_id: str | None = None, license: str | None = None, datasets: Iterable[str] = ()) -> bool:
+        """Write this model's card into model folder ``path`` (see :meth:`save_pretrained`), keeping the
+        model-index of the fmmc card already there; returns False when a README fmmc did not write was kept."""
+        from fmmc.model import card
+
+        path = Path(path)
+        new: list[Any] = []
+        for r in eval_results:  # an eval folder, its metrics.json or their content; or EvalResults as they are
+            new += card.eval_results(r) if isinstance(r, (str, Path, dict)) else [r]
+        merged = card.merge_results(card.previous_results(path), new)
+        built = card.build_model_card(self.config, repo_id=repo_id, results=merged, license=license,
+                                      datasets=datasets, summary=card.run_summary(path))
+        return card.write_model_card(built, path, overwrite)
+
+    def push_to_hub(self, repo_id: str, *, private: bool | None = None, revision: str | None = None,
+                    token: str | None = None, commit_message: str | None = None, eval_results: Iterable[Any] = (),
+                    license: str | None = None, datasets: Iterable[str] = ()) -> str:
+        """Save this model (with its card) to a temporary folder and upload it to hub repo ``repo_id``
+        (created if missing; ``private`` applies to a new repo), on branch ``revision`` (created if missing).
+        Returns the commit URL. ``HF_HUB_OFFLINE=1`` refuses at once. See :func:`fmmc.model.hub_push.push_folder`."""
+        import tempfile
+
+        from fmmc.model.hub_push import check_can_push, push_folder
+
+        check_can_push(f"the model to {repo_id}")
+        with tempfile.TemporaryDirectory(prefix="fmmc-push-") as tmp:
+            self.save_pretrained(tmp, include_backbone=self.config.backbone_weights_included,
+                                 eval_results=eval_results, repo_id=repo_id, license=license, datasets=datasets)
+            return push_folder(tmp, repo_id, private=private, revision=revision, token=token,
+                               commit_message=commit_message or "Upload fmmc material classifier")
 
     @classmethod
     def from_pretrained(cls, source: str | Path, device: str = "cpu", cache_dir: str | Path | None = None,
@@ -180,10 +224,12 @@ class MaterialClassifier:
             data = json.loads(cfg_file.read_text())
         except json.JSONDecodeError as e:
             raise ValueError(f"{cfg_file}: not valid JSON: {e}") from e
+        if isinstance(data, dict):  # derived from the taxonomy when saved (transformers' names), not config
+            data = {k: v for k, v in data.items() if k not in ("id2label", "label2id")}
         config = ModelConfig.from_json(data, where=str(cfg_file))
         config.override(**overrides)
         h = config.head
-        head = MaterialHead(h.vision_dim, h.text_dim, h.num_classes, h.hidden, h.dropout, config.streams)
+        head = MaterialHead(h.vision_dim, h.text_dim, h.num_classes, h.hidden, h.dropout, config.streams, h.standardize)
         weights = path / WEIGHTS_NAME
         if not weights.is_file():
             raise ValueError(f"{path}: missing {WEIGHTS_NAME}")
@@ -434,6 +480,15 @@ class MaterialClassifier:
         for image, pred in zip(images, preds):
             pred.id = str(image) if isinstance(image, (str, Path)) else ""
         return preds
+
+    def __call__(self, images: Any, top_k: int = 5, *, allow_urls: bool = False,
+                 **kwargs: Any) -> list[dict[str, Any]] | list[list[dict[str, Any]]]:
+        """The pipeline convention: ``[{"label": ..., "score": ...}, ...]`` sorted, per image (a list of images:
+        a list of them), through :meth:`predict` (its region keywords pass through); URLs only with
+        ``allow_urls=True``. See :mod:`fmmc.model.pipeline`."""
+        from fmmc.model.pipeline import pipeline_call
+
+        return pipeline_call(self, images, top_k=top_k, allow_urls=allow_urls, **kwargs)
 
     def segment(self, image: str | Path | Image.Image | np.ndarray, mode: str = "sam", **kwargs: Any) -> Any:
         """A material map of the whole image (:class:`fmmc.model.maps.MaterialMap`): ``mode="sam"`` classifies

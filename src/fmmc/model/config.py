@@ -50,8 +50,9 @@ class HeadConfig:
     vision_dim: int
     text_dim: int
     num_classes: int
-    hidden: int = 512
+    hidden: int = 512  # 0: a linear head
     dropout: float = 0.1
+    standardize: bool = False  # the head holds the training features' mean/std (configs before it: False)
 
 
 REQUIRED = ("taxonomy", "streams", "head")

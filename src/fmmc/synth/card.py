@@ -24,6 +24,8 @@ from fmmc.data.regions import load_region
 from fmmc.taxonomy import Taxonomy
 
 if TYPE_CHECKING:
+    from huggingface_hub import DatasetCardData
+
     from fmmc.synth.build import BuildReport
 
 CAPTION_H = 14
@@ -81,10 +83,36 @@ def write_contact_sheets(regions: list[Region], out: Path, taxonomy: Taxonomy, m
     return paths
 
 
-def _table(header: list[str], rows: list[list[Any]]) -> str:
+def md_table(header: list[str], rows: list[list[Any]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|"]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def size_category(n: int) -> str:
+    """The hub's ``size_categories`` value for ``n`` regions."""
+    return "n<1K" if n < 1000 else "1K<n<10K" if n < 10_000 else "10K<n<100K" if n < 100_000 else "100K<n<1M"
+
+
+def card_data(pretty_name: str, size: str, tags: list[str], license: str = "other") -> DatasetCardData:
+    """The front matter of an fmmc dataset card (``huggingface_hub.DatasetCardData``)."""
+    from huggingface_hub import DatasetCardData
+
+    return DatasetCardData(pretty_name=pretty_name, task_categories=["image-classification", "image-segmentation"],
+                           size_categories=[size], license=license, tags=["fmmc", "materials", *tags])
+
+
+def loading_section() -> list[str]:
+    """How to load an fmmc dataset with fmmc and with Hugging Face ``datasets`` (docs/dataset-format.md)."""
+    return [
+        "## Loading", "",
+        "```python", "from datasets import load_dataset", "",
+        'ds = load_dataset("imagefolder", data_dir="path/to/this/folder")["train"]   # or load_dataset("ORG/REPO")',
+        'ds[0]["image"], ds[0]["mask"], ds[0]["label"]   # PIL image, PIL mask (None: whole image), class name',
+        'test = ds.filter(lambda r: r["split"] == "test")  # fmmc\'s split is a column; all rows load as "train"',
+        "```", "",
+        "With fmmc: `fmmc.data.dataset.load_dataset(folder)`, `fmmc validate FOLDER`, `fmmc train --data FOLDER`.", "",
+    ]
 
 
 def write_card(path: Path, report: BuildReport, classes: list[str], config: dict[str, Any] | None = None) -> Path:
@@ -93,22 +121,20 @@ def write_card(path: Path, report: BuildReport, classes: list[str], config: dict
     rows = [[c, *(report.counts.get(c, {}).get(s, 0) for s in splits), sum(report.counts.get(c, {}).values())]
             for c in classes]
     rows.append(["**total**", *(sum(v.get(s, 0) for v in report.counts.values()) for s in splits), report.total])
-    n = report.total
-    size = "n<1K" if n < 1000 else "1K<n<10K" if n < 10_000 else "10K<n<100K" if n < 100_000 else "100K<n<1M"
+    size = size_category(report.total)
     parts = [
         "---",
-        "pretty_name: fmmc synthetic material regions",
-        "task_categories: [image-classification, image-segmentation]",
-        f"size_categories: [{size}]",
-        "license: other  # the text-to-image model's licence governs generated images",
+        card_data("fmmc synthetic material regions", size, ["synthetic"]).to_yaml(),
         "---",
         "",
         "# Synthetic material dataset (fmmc)",
         "",
         "Made by `fmmc synth`: object-material-submaterial triplets -> text-to-image -> the named object grounded "
         "(Grounding DINO) and segmented (SAM) -> one labelled region per image. The material label holds for "
-        "the masked object only, not for the whole image.",
+        "the masked object only, not for the whole image. Licence: the text-to-image model's licence governs the "
+        "generated images.",
         "",
+        *loading_section(),
         "Files: `metadata.jsonl` (fmmc format; `fmmc validate .`), `images/`, `masks/`, `contact_sheets/` "
         "(one sheet per class, masks outlined), `taxonomy.json`, `config.yaml` (the resolved config that "
         "made this), `build_report.json`.",
@@ -118,11 +144,11 @@ def write_card(path: Path, report: BuildReport, classes: list[str], config: dict
         "",
         f"## Regions per class and split ({report.total} in all)",
         "",
-        _table(["class", *splits, "total"], rows),
+        md_table(["class", *splits, "total"], rows),
         "",
         "## Rejected or dropped, by stage and reason",
         "",
-        _table(["stage: reason", "count"], [[k, v] for k, v in report.rejects.items()]) if report.rejects
+        md_table(["stage: reason", "count"], [[k, v] for k, v in report.rejects.items()]) if report.rejects
         else "Nothing was rejected.",
         "",
         "## Models",

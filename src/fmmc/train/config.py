@@ -25,7 +25,11 @@ class TrainConfig(FeatureSpec):
     streams: str = "both"  # both | vision | language
     # head and optimisation
     mode: str = "head"  # head: frozen backbones (paper) | full: fine-tune the vision backbone too
-    hidden: int = 512
+    recipe: str = "paper"  # paper: the fields below as given | auto: chosen by CV on the training split (recipes)
+    cv_folds: int = 5  # recipe=auto: stratified folds of the training split
+    cv_max_rows: int = 2000  # recipe=auto: CV on a stratified subsample of at most this many training rows
+    hidden: int = 512  # MLP hidden width; 0: a linear head (one Linear on the normalised features)
+    standardize: bool = False  # per-dimension mean/std of the training split's features, kept in the head
     dropout: float = 0.1
     lr: float = 5e-5  # AdamW, the paper's value
     backbone_lr: float = 1e-5  # mode=full only
@@ -35,8 +39,8 @@ class TrainConfig(FeatureSpec):
     patience: int = 20  # early stopping on validation loss
     val_fraction: float = 0.1
     train_fraction: float = 1.0  # data-scale ablation: stratified fraction of the training split
-    class_weights: bool = False  # inverse-frequency weights in the loss
-    label_smoothing: float = 0.0
+    class_weights: bool = False  # inverse-frequency weights in the loss (class-balanced)
+    label_smoothing: float = 0.0  # cross-entropy target smoothing, 0 to 1
     calibrate: bool = True  # fit a temperature on the validation split
     seed: int = 0
     device: str = "cpu"

@@ -1,14 +1,14 @@
 """Train the two-stream classifier: ``fmmc train --data DATASET --out RUN [key=value ...]``.
 
     >>> from fmmc.train.config import TrainConfig
-from fmmc.train.feature_data import HeadData, head_data
-from fmmc.train import feature_rows
     >>> from fmmc.train.trainer import train
     >>> run = train(TrainConfig(data="my_dataset", backbone="builtin:efficientnet-lite0", streams="vision"))  # doctest: +SKIP
 
 Head mode (the paper): features from frozen backbones are extracted once (and cached on disk), then only
 the head is trained with AdamW + cross-entropy, early stopping on validation loss, and a temperature
-fitted on the validation split. Full mode back-propagates into the vision backbone as well (ablation).
+fitted on the validation split. ``recipe=auto`` first chooses the head and its optimisation by
+cross-validation on the training split (:mod:`fmmc.train.recipes`). Full mode back-propagates into the
+vision backbone as well (ablation).
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from fmmc.data.dataset import DatasetError, load_dataset, split_regions
 from fmmc.data.records import Region
 from fmmc.model.head import MaterialHead, fit_temperature
 from fmmc.taxonomy import Taxonomy, load_taxonomy
-from fmmc.train import feature_rows
+from fmmc.train import feature_rows, recipes
 from fmmc.train.config import TrainConfig
 from fmmc.train.feature_data import HeadData, head_data
 
@@ -133,12 +133,6 @@ def check_descriptions(cfg: TrainConfig, regions: list[Region]) -> tuple[TrainCo
     return cfg, [INFERENCE_NOTE]
 
 
-def _class_weights(y: torch.Tensor, k: int) -> torch.Tensor:
-    counts = torch.bincount(y, minlength=k).float()
-    w = torch.where(counts > 0, counts.sum() / (k * counts.clamp_min(1)), torch.zeros_like(counts))
-    return w
-
-
 def train(cfg: TrainConfig, overwrite: bool = False) -> Path:
     """Run training; returns the run directory (model in ``RUN/model``).
 
@@ -151,6 +145,7 @@ def train(cfg: TrainConfig, overwrite: bool = False) -> Path:
     from fmmc.model.encoder import build_encoder
 
     t0 = time.time()
+    recipes.check_recipe(cfg)
     seed_everything(cfg.seed)
     out = check_output_dir(cfg.out, "train", overwrite)
     write_marker(out, "train", complete=False)
@@ -174,10 +169,12 @@ def train(cfg: TrainConfig, overwrite: bool = False) -> Path:
     if encoder.extractor is not None and encoder.extractor.dtype != cfg.dtype:  # dtype=auto: record what ran
         log.info("dtype %s -> %s (%s)", cfg.dtype, encoder.extractor.dtype, encoder.extractor.dtype_reason)
         cfg = replace(cfg, dtype=encoder.extractor.dtype)
-    head = MaterialHead(encoder.vision_dim, encoder.text_dim, len(taxonomy), cfg.hidden, cfg.dropout, cfg.streams)
+    head = _build_head(cfg, encoder, len(taxonomy))
 
     if cfg.mode == "head":
-        summary = _train_head(cfg, encoder, head, taxonomy, train_regions, val_regions, out)
+        cfg, head, summary = _train_head(cfg, encoder, head, taxonomy, train_regions, val_regions, out)
+        if cfg.recipe == "auto":
+            save_config(cfg, out / "train_config.yaml")  # the chosen values: the run is reproducible from it
     elif cfg.mode == "full":
         summary = _train_full(cfg, encoder, head, taxonomy, train_regions, val_regions, out)
     else:
@@ -200,6 +197,11 @@ def train(cfg: TrainConfig, overwrite: bool = False) -> Path:
     return out
 
 
+def _build_head(cfg: TrainConfig, encoder: Any, num_classes: int) -> MaterialHead:
+    return MaterialHead(encoder.vision_dim, encoder.text_dim, num_classes, cfg.hidden, cfg.dropout, cfg.streams,
+                        cfg.standardize)
+
+
 def _encode(encoder: Any, regions: list[Region], taxonomy: Taxonomy, progress: bool,
             budget_bytes: int) -> tuple[HeadData, torch.Tensor]:
     data = head_data(encoder, regions, progress, budget_bytes)
@@ -213,18 +215,31 @@ def _logits(head: MaterialHead, data: HeadData) -> torch.Tensor:
 
 
 def _train_head(cfg: TrainConfig, encoder: Any, head: MaterialHead, taxonomy: Taxonomy, train_r: list[Region],
-                val_r: list[Region], out: Path) -> dict[str, Any]:
+                val_r: list[Region], out: Path) -> tuple[TrainConfig, MaterialHead, dict[str, Any]]:
     """AdamW on the cached features; the vectors are read per batch from the cache when they exceed
-    :data:`~fmmc.train.feature_rows.IN_MEMORY_BYTES` (:mod:`fmmc.train.feature_data`)."""
+    :data:`~fmmc.train.feature_rows.IN_MEMORY_BYTES` (:mod:`fmmc.train.feature_data`). ``recipe=auto``:
+    cfg and head as chosen by cross-validation on the training rows, before validation is encoded."""
     t_data = time.perf_counter()
     budget = feature_rows.IN_MEMORY_BYTES  # shared by both splits; a streamed train split streams val too
     tr, y_tr = _encode(encoder, train_r, taxonomy, cfg.progress, budget)
     try:
+        if len(y_tr) == 0:
+            raise ValueError("every training region failed to load; see the messages above")
+        auto, t_cv = cfg.recipe == "auto", time.perf_counter()
+        choice = recipes.choose_recipe(cfg, tr, y_tr, len(taxonomy)) if auto else recipes.paper_choice(cfg)
+        log.info("%s", choice.reason)
+        if auto:
+            cfg = replace(cfg, **choice.values)
+            torch.manual_seed(cfg.seed)  # the refit's init does not depend on what the search drew
+            head = _build_head(cfg, encoder, len(taxonomy))
+        t_data += time.perf_counter() - t_cv  # the search is not data preparation
         left = budget - tr.resident_bytes if tr.vis is None or tr.vis.in_memory else 0
         va, y_va = (_encode(encoder, val_r, taxonomy, cfg.progress, max(0, left))
                     if val_r else (None, torch.empty(0, dtype=torch.long)))
         try:
-            return _fit_head(cfg, head, tr, y_tr, va, y_va, len(taxonomy), out, time.perf_counter() - t_data)
+            summary = _fit_head(cfg, head, tr, y_tr, va, y_va, len(taxonomy), out, time.perf_counter() - t_data,
+                                keep_last=choice.keep_last)
+            return cfg, head, {**summary, "recipe": choice.report}
         finally:
             if va is not None:
                 va.close()
@@ -232,27 +247,17 @@ def _train_head(cfg: TrainConfig, encoder: Any, head: MaterialHead, taxonomy: Ta
         tr.close()
 
 
-def _adamw(params: list[nn.Parameter], lr: float, weight_decay: float) -> torch.optim.Optimizer:
-    """AdamW as one fused kernel over all parameters (torch >= 2.4 on CPU): 1.7x the speed of CPU's default,
-    a Python loop over the parameters, for a 768-d head at batch 64 (the step, not the matmuls, was half
-    the time). It rounds differently in the last bit: weights differ from the loop's by ~1e-7. Older
-    torch: the multi-tensor form, the loop's arithmetic exactly, 1.2x."""
-    try:
-        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=True)
-    except RuntimeError:  # torch < 2.4: fused AdamW is CUDA-only
-        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, foreach=True)
-
-
 def _fit_head(cfg: TrainConfig, head: MaterialHead, tr: HeadData, y_tr: torch.Tensor, va: HeadData | None,
-              y_va: torch.Tensor, num_classes: int, out: Path, prepare_seconds: float) -> dict[str, Any]:
-    if len(y_tr) == 0:
-        raise ValueError("every training region failed to load; see the messages above")
+              y_va: torch.Tensor, num_classes: int, out: Path, prepare_seconds: float,
+              keep_last: bool = False) -> dict[str, Any]:
+    """``keep_last``: train all ``cfg.epochs`` and keep the last head (no early stopping or choice on val)."""
     log.info("features of %d + %d regions ready in %.1f s (%s)", len(y_tr), len(y_va), prepare_seconds,
              "in memory" if tr.vis is None or tr.vis.in_memory else "read from the feature cache per batch")
     t_fit = time.perf_counter()
-    weight = _class_weights(y_tr, num_classes) if cfg.class_weights else None
-    loss_fn = nn.CrossEntropyLoss(weight=weight, label_smoothing=cfg.label_smoothing)
-    opt = _adamw(list(head.parameters()), cfg.lr, cfg.weight_decay)
+    if head.standardize:
+        head.set_standardization(*recipes.feature_moments(tr))  # the training split's statistics only
+    loss_fn = recipes.loss_function(cfg, y_tr, num_classes)
+    opt = recipes.adamw(list(head.parameters()), cfg.lr, cfg.weight_decay)
     gen = torch.Generator().manual_seed(cfg.seed)
     has_val = va is not None and len(y_va) > 0
 
@@ -282,7 +287,9 @@ def _fit_head(cfg: TrainConfig, head: MaterialHead, tr: HeadData, y_tr: torch.Te
         log_f.write(json.dumps(rec) + "\n")
         bar.set_postfix({k: round(v, 4) for k, v in rec.items() if k != "epoch"})
         key = rec.get("val_loss", rec["train_loss"])
-        if key < best["loss"] - 1e-6:
+        if keep_last:
+            best = {"loss": key, "state": None, "epoch": epoch + 1}
+        elif key < best["loss"] - 1e-6:
             best = {"loss": key, "state": copy.deepcopy(head.state_dict()), "epoch": epoch + 1}
             bad_epochs = 0
         else:
@@ -291,7 +298,8 @@ def _fit_head(cfg: TrainConfig, head: MaterialHead, tr: HeadData, y_tr: torch.Te
                 log.info("early stop at epoch %d (best %d)", epoch + 1, best["epoch"])
                 break
     log_f.close()
-    head.load_state_dict(best["state"])
+    if best["state"] is not None:
+        head.load_state_dict(best["state"])
     head.eval()
     summary: dict[str, Any] = {"best_epoch": best["epoch"], "n_train": int(len(y_tr)), "n_val": int(len(y_va)),
                                "failures": tr.failures + (va.failures if va is not None else [])}
@@ -331,7 +339,7 @@ def _train_full(cfg: TrainConfig, encoder: Any, head: MaterialHead, taxonomy: Ta
         p.requires_grad_(True)
     opt = torch.optim.AdamW([{"params": head.parameters(), "lr": cfg.lr},
                              {"params": ex.backbone.parameters(), "lr": cfg.backbone_lr}], weight_decay=cfg.weight_decay)
-    loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    loss_fn = recipes.loss_function(cfg, y_tr, len(taxonomy))
     gen = torch.Generator().manual_seed(cfg.seed)
     failures: list[tuple[str, str]] = []
 
