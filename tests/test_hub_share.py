@@ -4,125 +4,18 @@ convention ``model(images, top_k=...)``, and fmmc datasets loaded by the real ``
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import json
 import os
-import subprocess
-import sys
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
-import yaml
+from fixtures_hub import FakeHub, run_online, run_python_online
 from PIL import Image
 
 from fmmc.cli.main import main
 from fmmc.model.classifier import MaterialClassifier
-
-SRC = Path(__file__).resolve().parents[1] / "src"
-
-
-# ----- a local hub: the endpoints create_repo, create_branch, upload_folder and a URL image use ------------
-class FakeHub:
-    """A real HTTP server answering huggingface_hub's upload calls minimally but as the hub does: every file
-    is a "regular" upload (sent base64 in the commit's ndjson), so what reached the server can be checked
-    byte for byte. ``requests``: (method, path, headers lower-cased, body) of every call; ``commits``: parsed commits."""
-
-    def __init__(self) -> None:
-        self.requests: list[tuple[str, str, dict[str, str], bytes]] = []
-        self.commits: list[dict[str, Any]] = []
-        self.repos: set[tuple[str, str]] = set()
-        self.blobs: dict[str, bytes] = {}  # GET /blobs/NAME: what a URL input fetches
-        self.deny: int | None = None  # answer every POST with this status (a bad token: 401)
-        self.lock = threading.Lock()
-        self.closed = False
-        hub = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 - http.server API
-                hub._record(self, b"")
-                name = self.path.removeprefix("/blobs/")
-                if self.path.startswith("/blobs/") and name in hub.blobs:
-                    return self._send(200, hub.blobs[name], "application/octet-stream")
-                self._send(404, b'{"error": "not found"}')
-
-            def do_HEAD(self) -> None:  # noqa: N802
-                hub._record(self, b"")
-                self._send(200, b"")
-
-            def do_POST(self) -> None:  # noqa: N802
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                hub._record(self, body)
-                status, answer = hub.answer(self.path.split("?")[0], body, f"http://{self.headers['Host']}")
-                self._send(status, json.dumps(answer).encode())
-
-            def _send(self, status: int, data: bytes, kind: str = "application/json") -> None:
-                self.send_response(status)
-                self.send_header("Content-Type", kind)
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                if self.command != "HEAD":
-                    self.wfile.write(data)
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def _record(self, handler: BaseHTTPRequestHandler, body: bytes) -> None:
-        with self.lock:
-            self.requests.append((handler.command, handler.path, {k.lower(): v for k, v in handler.headers.items()},
-                                  body))
-
-    def answer(self, path: str, body: bytes, base: str) -> tuple[int, dict[str, Any]]:
-        parts = path.strip("/").split("/")
-        if self.deny:
-            return self.deny, {"error": "Invalid credentials in Authorization header"}
-        if path == "/api/repos/create":
-            p = json.loads(body)
-            kind, repo = p.get("type") or "model", f"{p['organization']}/{p['name']}"
-            if (kind, repo) in self.repos:
-                return 409, {"error": "You already created this repo"}
-            self.repos.add((kind, repo))
-            return 200, {"url": f"{base}/{'datasets/' if kind == 'dataset' else ''}{repo}"}
-        if path == "/api/validate-yaml":
-            text = json.loads(body)["content"]
-            try:
-                yaml.safe_load(text.split("---")[1])
-            except (yaml.YAMLError, IndexError) as e:
-                return 400, {"errors": [{"message": str(e)}]}
-            return 200, {"errors": [], "warnings": []}
-        if len(parts) >= 5 and parts[0] == "api":  # /api/{type}s/{org}/{name}/{action}/{revision}
-            kind, repo, action, rev = parts[1][:-1], f"{parts[2]}/{parts[3]}", parts[4], "/".join(parts[5:])
-            if (kind, repo) not in self.repos:
-                return 404, {"error": "Repository not found"}
-            if action == "preupload":
-                files = json.loads(body)["files"]
-                return 200, {"files": [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False}
-                                       for f in files]}
-            if action == "branch":
-                return 200, {}
-            if action == "commit":
-                lines = [json.loads(x) for x in body.splitlines() if x.strip()]
-                files = {v["value"]["path"]: base64.b64decode(v["value"]["content"]) for v in lines if v["key"] == "file"}
-                oid = hashlib.sha1(body).hexdigest()
-                self.commits.append({"kind": kind, "repo": repo, "revision": rev, "header": lines[0], "files": files})
-                prefix = "datasets/" if kind == "dataset" else ""
-                return 200, {"commitUrl": f"{base}/{prefix}{repo}/commit/{oid}", "commitOid": oid}
-        return 404, {"error": f"no route {path}"}
-
-    def close(self) -> None:
-        if not self.closed:
-            self.closed = True
-            self.server.shutdown()
-            self.server.server_close()
 
 
 @pytest.fixture
@@ -130,17 +23,6 @@ def hub() -> Iterator[FakeHub]:
     server = FakeHub()
     yield server
     server.close()
-
-
-def run_online(hub: FakeHub, tmp_path: Path, *argv: str) -> subprocess.CompletedProcess:
-    """``fmmc ARGV`` in a fresh process that is online with ``HF_ENDPOINT`` at the local hub (huggingface_hub
-    reads offline mode at import, and this test process imported it offline)."""
-    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_TOKEN")}
-    env.update(HF_ENDPOINT=hub.url, HF_HOME=str(tmp_path / "hf-home"), OMP_NUM_THREADS="1",
-               HF_HUB_DISABLE_TELEMETRY="1", HF_HUB_DISABLE_PROGRESS_BARS="1", NO_PROXY="127.0.0.1",
-               PYTHONPATH=os.pathsep.join([str(SRC), env.get("PYTHONPATH", "")]))
-    return subprocess.run([sys.executable, "-m", "fmmc.cli.main", *argv], env=env, capture_output=True, text=True,
-                          timeout=120)
 
 
 # ----- a tiny trained model (tiny random DINOv2 through hf:<dir>, 3 classes) ---------------------------------
@@ -252,6 +134,43 @@ def test_fmmc_push_uploads_the_model_folder(run_dir: Path, hub: FakeHub, tmp_pat
     assert card.data.eval_results[0].metric_value == 0.9
     summary = json.loads((run_dir / "summary.json").read_text())
     assert f"{summary['n_train']} training and {summary['n_val']} validation regions" in card.text
+
+
+def test_pushed_model_loads_back_from_the_hub(run_dir: Path, model: MaterialClassifier, tiny_dataset: Path,
+                                             hub: FakeHub, tmp_path: Path) -> None:
+    images = [str(tiny_dataset / "images" / n) for n in ("metal_000.jpg", "wood_001.jpg", "fabric_002.jpg")]
+    assert run_online(hub, tmp_path, "push", str(run_dir), "me/mugs").returncode == 0
+    (commit,) = hub.commits
+    load = f"""
+import json, sys
+from fmmc.model.classifier import MaterialClassifier, model_dir
+m = MaterialClassifier.from_pretrained("me/mugs", cache_dir={str(tmp_path / "fmmc-cache")!r})
+print(json.dumps({{"dir": str(model_dir("me/mugs")), "probs": [m.predict(p).probs.tolist() for p in {images!r}]}}))
+"""
+    res = run_python_online(hub, tmp_path, load)
+    assert res.returncode == 0, res.stderr
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    snapshot = Path(out["dir"])  # huggingface_hub's cache under the empty HF_HOME, at the pushed commit
+    assert snapshot == tmp_path / "hf-home" / "hub" / "models--me--mugs" / "snapshots" / commit["oid"]
+    assert sorted(p.name for p in snapshot.iterdir()) == sorted(commit["files"])
+    for name in commit["files"]:
+        assert (snapshot / name).read_bytes() == (run_dir / "model" / name).read_bytes(), name
+    local = [model.predict(p).probs for p in images]
+    for got, want in zip(out["probs"], local, strict=True):
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
+    assert not np.allclose(out["probs"][0], out["probs"][1], atol=1e-3)  # not one constant answer
+    served = [(m, p.split("?")[0]) for m, p, _, _ in hub.requests if m == "GET" or "/resolve/" in p]
+    assert ("GET", "/api/models/me/mugs/revision/main") in served
+    assert ("GET", f"/api/models/me/mugs/tree/{commit['oid']}") in served
+    assert {p for m, p in served if m == "GET" and "/resolve/" in p} == {
+        f"/me/mugs/resolve/{commit['oid']}/{n}" for n in commit["files"]}
+
+    # the hub gone: the cached copy is used, nothing is asked
+    hub.close()
+    asked = len(hub.requests)
+    res = run_python_online(hub, tmp_path, load)
+    assert res.returncode == 0, res.stderr
+    assert json.loads(res.stdout.strip().splitlines()[-1])["probs"] == out["probs"] and len(hub.requests) == asked
 
 
 def test_offline_push_is_one_clear_line(run_dir: Path, model: MaterialClassifier, tmp_path: Path,

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from fixtures_models import make_tiny_florence2, make_tiny_smolvlm, plain_chat_generate
+from fixtures_describers import make_tiny_florence2, make_tiny_smolvlm, plain_chat_generate
 from PIL import Image
 
 from fmmc.core.registry import build

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from fixtures_models import make_tiny_qwen_vl, plain_chat_generate
+from fixtures_describers import make_tiny_qwen_vl, plain_chat_generate
 from PIL import Image
 
 pytest.importorskip("torchvision", reason="torchvision: CI runs this file in its second environment")
