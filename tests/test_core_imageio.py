@@ -125,3 +125,18 @@ def test_validator_reports_every_problem_with_line(tmp_path):
     assert "not valid JSON" in by_line["6"]
     assert "file_name" in by_line["7"]
     assert "1" not in by_line
+
+
+def test_binary_check_is_the_unique_rule():
+    """The mask rule's binary test (linear passes, no sort) says what ``np.unique`` says, for every dtype."""
+    from fmmc.data.imageio import _binary
+
+    rng = np.random.default_rng(0)
+    cases = [np.zeros((5, 5), np.uint8), np.full((4, 4), 255, np.uint8), np.array([[0, 7], [7, 0]], np.uint16),
+             np.array([[0, -1], [0, 0]], np.int16)]
+    for k in range(40):
+        dtype = (np.uint8, np.uint16, np.int32, np.float32)[k % 4]
+        cases.append((rng.integers(0, 2 + k % 3, (7 + k, 9)) * (1 + k % 5)).astype(dtype))
+    for a in cases:
+        v = np.unique(a)
+        assert _binary(a) == bool(len(v) <= 2 and v[0] == 0), a

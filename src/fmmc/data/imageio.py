@@ -172,12 +172,19 @@ def mask_from_array(arr: np.ndarray, name: str = "mask", threshold: int | None =
     elif threshold is not None:
         mask = arr >= threshold
     else:
-        values = np.unique(arr)
-        binary = len(values) <= 2 and values[0] == 0
-        mask = arr > 0 if binary else arr >= MASK_THRESHOLD
+        mask = arr > 0 if _binary(arr) else arr >= MASK_THRESHOLD
     if not mask.any():
         raise ImageError(name, "mask is empty (no pixel inside the region)", "drop this region or fix its mask")
     return mask
+
+
+def _binary(arr: np.ndarray) -> bool:
+    """0 and at most one other value (what ``np.unique`` would say, without sorting a photo-sized mask:
+    four linear passes, which matters because the mask rule runs for every region the feature path loads)."""
+    if arr.size == 0 or arr.min() != 0:
+        return False
+    top = arr.max()
+    return top == 0 or int(np.count_nonzero(arr)) == int(np.count_nonzero(arr == top))
 
 
 def box_to_mask(box: tuple[float, float, float, float], size: tuple[int, int], name: str = "box") -> np.ndarray:
