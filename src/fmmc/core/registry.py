@@ -194,6 +194,9 @@ _declare(
       ("hf:facebook/sam2.1-hiera-tiny",
        "SAM 2 / 2.1 (Sam2Model, also sam2-hiera-*): box/point prompts and automatic masks; its image processor "
        "needs torchvision"),
+      ("hf:facebook/sam3",
+       "SAM 3 (Sam3Model): text prompt -> instance masks (segment_text; object prompts and the sam3 labeler "
+       "without a grounder), no point/box prompts; gated on the hub; its image processor needs torchvision"),
       "hf:/path/to/local/sam")),
 )
 _declare(
@@ -217,6 +220,10 @@ _declare(
     ("grounded-sam", "fmmc.synth.stages:build_grounded_sam",
      "Grounding DINO box of the prompt's object -> SAM mask; models from label.grounder / label.segmenter",
      ("grounded-sam",)),
+    ("sam3", "fmmc.synth.stages:build_sam3_labeler",
+     "SAM 3 finds and masks the prompt's object in one step (no grounder); `sam3` = hf:facebook/sam3 (gated), "
+     "`sam3:<hub id or dir>` another checkpoint; needs torchvision",
+     ("sam3", "sam3:/path/to/local/sam3")),
     ("whole-image", "fmmc.synth.stages:build_whole_image",
      "no models, the whole image is the region: for dry runs of the pipeline only", ("whole-image",)),
 )

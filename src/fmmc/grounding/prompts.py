@@ -7,7 +7,8 @@
     >>> model.predict("kitchen.jpg", box=(40, 30, 220, 260), refine=True)  # SAM inside a box  # doctest: +SKIP
 
 A point (or a box with ``refine=True``) prompts the segmenter (SAM); an object name goes through the
-grounder (Grounding DINO), whose best box then prompts SAM. Nothing is guessed: an object the grounder
+grounder (Grounding DINO), whose best box then prompts SAM, or, when the segmenter is SAM 3
+(``fmmc.grounding.sam3``), straight to SAM 3's text prompt (its best instance; no grounder). Nothing is guessed: an object the grounder
 cannot find raises :class:`RegionNotFound`, a point outside the image or a box with no area raises
 :class:`PromptError` (both ``ValueError``).
 
@@ -340,6 +341,17 @@ def resolve_prompt(model: Any, image: Image.Image, *, point: Sequence[float] | N
 
 def _resolve_object(model: Any, image: Image.Image, name: str, refine: bool, box_threshold: float,
                     text_threshold: float) -> RegionPrompt:
+    if refine:  # a text-prompted segmenter (SAM 3) finds and masks the object in one step, no grounder
+        segmenter = get_component(model, "segmenter")
+        if hasattr(segmenter, "segment_text"):
+            found = segmenter.segment_text(image, name, threshold=box_threshold)
+            if not found:
+                raise RegionNotFound(f"object {name!r} not found (no SAM 3 instance scored above "
+                                     f"box_threshold={box_threshold:g}); check the name or lower the threshold")
+            res = _pick(found, None, f"the object {name!r}")
+            log.info("object %r -> SAM 3 instance (score %.3f)", name, res.score)
+            return RegionPrompt(np.asarray(res.mask, dtype=bool), "object", res.extra.get("detection"),
+                                float(res.score))
     grounder = get_component(model, "grounder")
     dets = grounder.detect(image, name, box_threshold=box_threshold, text_threshold=text_threshold)
     if not dets:

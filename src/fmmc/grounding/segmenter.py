@@ -269,6 +269,14 @@ def _dedup(masks: Any, scores: Any, iou_threshold: float, work_size: int = 64) -
 
 
 def build_hf_segmenter(source: str = DEFAULT_SEGMENTER, device: str = "cpu", dtype: str | None = None,
-                       **_: Any) -> Segmenter:
-    """Registry factory for ``hf:<hub id or dir>`` segmenters."""
-    return Segmenter(source or DEFAULT_SEGMENTER, device=device, dtype=dtype)
+                       **_: Any) -> Any:
+    """Registry factory for ``hf:<hub id or dir>`` segmenters: SAM / SAM 2, or SAM 3 (text prompts,
+    ``fmmc.grounding.sam3``) when the checkpoint's ``config.json`` says so."""
+    from transformers import AutoConfig
+
+    from fmmc.grounding.sam3 import Sam3Segmenter, is_sam3
+
+    source = source or DEFAULT_SEGMENTER
+    if is_sam3(load_pretrained(AutoConfig.from_pretrained, source, "segmenter config")):
+        return Sam3Segmenter(source, device=device, dtype=dtype)
+    return Segmenter(source, device=device, dtype=dtype)

@@ -35,7 +35,7 @@ import hashlib
 import logging
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -192,9 +192,14 @@ class Labeler:
 
         self.cfg = cfg or LabelConfig()
         self.root = Path(root)
-        self.grounder = grounder or build("grounder", self.cfg.grounder, device=self.cfg.device, dtype=self.cfg.dtype)
         self.segmenter = segmenter or build("segmenter", self.cfg.segmenter, device=self.cfg.device,
                                             dtype=self.cfg.dtype)
+        # SAM 3 (fmmc.grounding.sam3) finds and masks the object from its name in one step: no grounder, and
+        # its instance score is both det_score and mask_score (min_det_score gates it; min_mask_score is unused)
+        self.one_step = grounder is None and hasattr(self.segmenter, "segment_text")
+        self.rules = replace(self.cfg, min_mask_score=-1.0) if self.one_step else self.cfg
+        self.grounder = self.segmenter if self.one_step else (
+            grounder or build("grounder", self.cfg.grounder, device=self.cfg.device, dtype=self.cfg.dtype))
         self.grounder_spec = str(getattr(self.grounder, "spec", None) or self.cfg.grounder)
         self.segmenter_spec = str(getattr(self.segmenter, "spec", None) or self.cfg.segmenter)
 
@@ -230,6 +235,15 @@ class Labeler:
                 pending.append((i, image, obj))
             except Exception as e:  # noqa: BLE001 - one bad item must not stop the batch
                 self._fail(results[i], "bad item", e)
+        if self.one_step:
+            for i, image, obj in pending:
+                try:
+                    found = list(self.segmenter.segment_text(image, obj, threshold=self.cfg.box_threshold))
+                    self._segment_and_decide(items[i], results[i], image, [r.extra["detection"] for r in found],
+                                             found)
+                except Exception as e:  # noqa: BLE001
+                    self._fail(results[i], "segmentation error", e)
+            return results
         detections = self._detect(pending, results)
         for (i, image, _), dets in zip(pending, detections):
             if dets is None:
@@ -259,13 +273,15 @@ class Labeler:
         return out
 
     def _segment_and_decide(self, item: dict[str, Any], result: dict[str, Any], image: Image.Image,
-                            dets: list[Detection]) -> None:
+                            dets: list[Detection], instances: list[MaskResult] | None = None) -> None:
+        """``instances``: SAM 3's masks, one per detection (``extra["detection"]``), instead of asking SAM."""
         result["n_detections"] = len(dets)
-        reason, top = check_detections(dets, self.cfg)
+        reason, top = check_detections(dets, self.rules)
         masks: list[MaskResult] = []
         if reason is None and top is not None:
-            masks = list(self.segmenter.segment(image, box=top.box, multimask=self.cfg.multimask))
-        status, reason, chosen = decide(dets, masks, image.size, self.cfg)
+            masks = ([r for r in instances if r.extra.get("detection") is top] if instances is not None else
+                     list(self.segmenter.segment(image, box=top.box, multimask=self.cfg.multimask)))
+        status, reason, chosen = decide(dets, masks, image.size, self.rules)
         if chosen is not None:
             result["box"] = [int(round(v)) for v in chosen.detection.box]
             result["det_score"] = round(float(chosen.detection.score), 4)

@@ -41,6 +41,27 @@ def build_grounded_sam(arg: str = "", cfg: Any = None, root: str | Path = ".") -
     return Labeler(cfg, root)
 
 
+def build_sam3_labeler(arg: str = "", cfg: Any = None, root: str | Path = ".") -> Any:
+    """Registry factory for ``sam3[:<hub id or dir>]``: SAM 3 finds and masks the object name in one step."""
+    from dataclasses import replace
+
+    from fmmc.grounding.sam3 import DEFAULT_SAM3
+    from fmmc.synth.label import LabelConfig, Labeler
+
+    if isinstance(cfg, dict):
+        from fmmc.core.config import from_dict
+
+        cfg = from_dict(LabelConfig, cfg, where="label")
+    from fmmc.core.registry import build
+
+    cfg = replace(cfg or LabelConfig(), segmenter=f"hf:{arg or DEFAULT_SAM3}")
+    segmenter = build("segmenter", cfg.segmenter, device=cfg.device, dtype=cfg.dtype)
+    if not hasattr(segmenter, "segment_text"):
+        raise ValueError(f"labeler 'sam3:{arg}' needs a SAM 3 checkpoint (config.json model_type sam3); "
+                         f"{cfg.segmenter} is {type(segmenter.model).__name__}: use labeler grounded-sam for it")
+    return Labeler(cfg, root, segmenter=segmenter)
+
+
 class WholeImageLabeler:
     """Labels the whole image as the region (no models): for dry runs of the pipeline, never for training data."""
 
