@@ -195,8 +195,18 @@ def _in_workers(loader: RegionLoader, regions: Sequence[Region], chunks: list[li
         _Chunks(loader, regions, chunks), batch_size=None, shuffle=False, num_workers=min(num_workers, len(chunks)),
         collate_fn=_identity, prefetch_factor=2, timeout=WORKER_TIMEOUT,
         multiprocessing_context="fork" if hasattr(os, "fork") else None)
-    for k, batch in enumerate(dl):
-        yield chunks[k], batch
+    it = iter(dl)
+    try:
+        for k, batch in enumerate(it):
+            yield chunks[k], batch
+    finally:
+        # Reap and unregister the workers now, whatever ended the loop. torch leaves a dead worker registered
+        # with its SIGCHLD handler while the iterator lives, and the error's traceback keeps it alive: the
+        # next child process to exit anywhere in this process would then raise "DataLoader worker is
+        # killed" at a random point (measured: inside pytest's report of the test that caught the error).
+        shutdown = getattr(it, "_shutdown_workers", None)
+        if shutdown is not None:
+            shutdown()
 
 
 def worker_stopped(e: BaseException) -> RuntimeError | None:
