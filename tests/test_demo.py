@@ -149,11 +149,18 @@ def test_demo_quick_end_to_end(tmp_path_factory, capsys):
     metrics = json.loads((out / "metrics.json").read_text())
     assert 0.0 <= metrics["accuracy"] <= 1.0 and 0.0 <= metrics["mean_class_accuracy"] <= 1.0
     assert set(metrics["streams"]) == {"both", "vision", "language"}
+    sel = metrics["selection"]  # the profile's candidates, chosen by validation photos; the winner trained
+    assert sel["by"] == "validation photos"
+    assert set(sel["scores"]) == set(sel["candidates"]) and sel["chosen"] in sel["scores"]
+    best = max(v["accuracy"] for v in sel["scores"].values())
+    assert sel["scores"][sel["chosen"]]["accuracy"] == best
+    assert metrics["models"]["backbone"] == sel["candidates"][sel["chosen"]]["backbone"]
+    assert "chosen by validation photos" in printed.out
     assert len(metrics["data"]["classes"]) >= 3
     for name in ("report.md", "confusion.png", "examples.png", "predictions.jsonl", "demo_config.yaml"):
         assert (out / name).is_file(), name
     report = (out / "report.md").read_text()
-    assert "held-out photos" in report and "confusion.png" in report
+    assert "held-out photos" in report and "confusion.png" in report and "chosen by validation photos" in report
     preds = [json.loads(x) for x in (out / "predictions.jsonl").read_text().splitlines()]
     assert len([p for p in preds if p["split"] == "test"]) == metrics["streams"]["both"]["n"]
     assert all(len(p["top"]) == 3 for p in preds)
@@ -177,3 +184,47 @@ def test_paper_profile_fails_fast_offline(tmp_path, capsys, monkeypatch):
     assert rc == 1 and time.time() - t < 30
     assert "not in the local Hugging Face cache" in err and "offline profile" in err
     assert not (tmp_path / "out" / "dataset").exists()
+
+
+def test_choice_by_validation_never_reads_the_test_photos(tmp_path):
+    """The candidates are scored on a split of the training photos: the test photos are never opened, and
+    poisoning their labels changes neither the choice nor the validation scores."""
+    from dataclasses import replace
+
+    from fmmc.demo.select import candidates, choose_candidate
+
+    cat = load_catalog()
+    images = SourceImages(cat, wheels={})  # the skimage-only fallback: halves, halved again to validate
+    sources, splits, _, _ = choose_sources(cat, images, seed=0)
+    test_ids = {s.id for s in sources if splits[s.id] == "test"}
+    assert test_ids
+
+    def guarded(s: Source) -> Image.Image:
+        assert s.id not in test_ids, f"the validation step opened test photo {s.id}"
+        return images.open(s)
+
+    profile = {"backbone": "builtin:efficientnet-lite0", "train": {"epochs": 8, "hidden": 64, "calibrate": False},
+               "candidates": {"mean": {"train": {"pooling": "mean"}}, "max": {}}}
+    cands = candidates(profile)
+    assert [(c.name, c.train["pooling"] if "pooling" in c.train else "max") for c in cands] == [("mean", "mean"), ("max", "max")]
+    kw = dict(scene_cfg=SceneConfig(image_size=64, per_class=3), cache=tmp_path / "cache",
+              models={"text_encoder": "builtin:minilm", "describer": "metadata"})
+    first = choose_candidate(cands, sources, splits, guarded, tmp_path / "v1", **kw)
+    assert set(first.scores) == {"mean", "max"} and first.name in first.scores
+    assert first.photos["validation"] >= 2
+    labels = sorted({s.label for s in sources})
+    poisoned = [replace(s, label=labels[(labels.index(s.label) + 1) % len(labels)]) if s.id in test_ids else s
+                for s in sources]
+    second = choose_candidate(cands, poisoned, splits, guarded, tmp_path / "v2", **kw)
+    assert (second.name, second.scores) == (first.name, first.scores)
+
+
+def test_candidates_read_the_profile_and_name_a_bad_key():
+    from fmmc.demo.pipeline import load_profile
+    from fmmc.demo.select import candidates
+
+    offline = candidates(load_profile("offline"))
+    assert len(offline) >= 2 and offline[0].train == load_profile("offline")["train"]
+    assert [c.name for c in candidates(load_profile("paper"))] == ["default"]
+    with pytest.raises(ValueError, match=r"profiles.yaml: candidate 'x' has unknown key\(s\) \['pooling'\]"):
+        candidates({"backbone": "b", "candidates": {"x": {"pooling": "max"}}})

