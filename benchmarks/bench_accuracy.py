@@ -19,7 +19,7 @@ and every recipe reads its features from there:
   EfficientNet-Lite0 features of every non-test region, computed here through fmmc's encoder;
 * the others run the real :func:`fmmc.train.trainer.train` on the dataset (its validation part is a
   stratified 15% of the training images, as in the demo) and the saved model's ``predict_regions`` on the
-  test split (:func:`fmmc.demo.pipeline.score_model`): ``paper`` (the paper's MLP recipe: AdamW 5e-5, up
+  test split (:func:`fmmc.demo.scoring.score_model`): ``paper`` (the paper's MLP recipe: AdamW 5e-5, up
   to 200 epochs, early stopping), ``auto`` (``recipe=auto``: head hyper-parameters by cross-validation on
   the training split only), ``demo`` (the head recipe of the demo's ``offline`` profile: MLP 256, AdamW
   1e-3, 60 epochs, mean pooling) and the same head on richer features (``max+mean`` pooling, the last 3
@@ -142,7 +142,7 @@ def probe_scores(trainval: list, test: list, labels: list[str], recipe: Recipe, 
 def recipe_scores(data: Path, test: list, labels: list[str], recipe: Recipe, image_size: int, cache: Path,
                   out: Path, seed: int) -> dict[str, Any]:
     """The real ``fmmc train`` on ``data`` and the saved model's predictions on the test split."""
-    from fmmc.demo.pipeline import score_model
+    from fmmc.demo.scoring import score_model
     from fmmc.model.classifier import MaterialClassifier
     from fmmc.train.config import TrainConfig
     from fmmc.train.trainer import train
@@ -168,7 +168,7 @@ def no_text_accuracy(run: Path, test: list, labels: list[str], cache: Path, seed
     which is what a user must choose, since with ``describer=metadata`` it refuses a region without one."""
     from dataclasses import replace
 
-    from fmmc.demo.pipeline import score_model
+    from fmmc.demo.scoring import score_model
     from fmmc.model.classifier import MaterialClassifier
 
     model = MaterialClassifier.from_pretrained(run / "model", cache_dir=cache, describer="none")

@@ -25,11 +25,11 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import yaml
 
 from fmmc.core.registry import registry
 from fmmc.demo.scenes import DatasetInfo, SceneConfig, assign_splits, build_dataset
+from fmmc.demo.scoring import score_model
 from fmmc.demo.select import Candidate, Choice, candidates, choose_candidate, validation_scene_config
 from fmmc.demo.sources import (
     SKIMAGE,
@@ -393,26 +393,6 @@ def evaluate(runs: dict[str, Path], info: DatasetInfo, models: dict[str, str], c
             mosaic.append((r.image, r.mask, f"true {r.label} ({row['source']})\npred {t0['label']} {t0['prob']:.2f}"))
     return {"labels": labels, "streams": streams_out, "confusion": confusion, "samples": samples,
             "examples": examples, "mosaic": mosaic}
-
-
-def score_model(model: Any, regions: list[Any], labels: list[str], seed: int = 0, progress: bool = False
-                ) -> tuple[dict[str, Any], np.ndarray, list[Any]]:
-    """A trained classifier on labelled regions, choosing among ``labels``: (the demo's metrics of one stream:
-    accuracy, mean class accuracy, interval, top-3, ECE, per class; the confusion matrix; the predictions)."""
-    from fmmc.evaluation.metrics import summarize
-
-    label_idx = [model.taxonomy.index(lab) for lab in labels]
-    preds, failures = model.predict_regions(regions, classes=labels, progress=progress)
-    if failures:
-        raise RuntimeError(f"{len(failures)} regions failed, first: {failures[0]}")
-    truth = np.array([labels.index(r.label) for r in regions])
-    pred_idx = np.array([labels.index(p.label) for p in preds])
-    probs = np.stack([p.probs[label_idx] for p in preds])
-    m = summarize(truth, pred_idx, probs, labels, seed=seed)
-    out = {"accuracy": m["acc"], "mean_class_accuracy": m["macc"], "n": m["n"], "ci95": m["ci95"], "top3": m["top3"],
-           "ece": m["ece"], "per_class": {c: {"accuracy": v["recall"], "support": v["support"]}
-                                         for c, v in m["per_class"].items() if v["support"]}}
-    return out, np.asarray(m["confusion"]["matrix"]), preds
 
 
 def _selection(choice: Choice | None, cands: list[Candidate], winner: Candidate) -> dict[str, Any]:

@@ -97,7 +97,7 @@ def choose_candidate(cands: list[Candidate], sources: Sequence[Source], splits: 
                      say: Callable[[str], None] | None = None) -> Choice:
     """Train every candidate on the fitting photos and score it on the validation photos (see the module)."""
     from fmmc.data.dataset import load_dataset
-    from fmmc.demo.pipeline import score_model
+    from fmmc.demo.scoring import score_model
     from fmmc.model.classifier import MaterialClassifier
     from fmmc.train.config import TrainConfig
     from fmmc.train.trainer import train
