@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import string
 from pathlib import Path
+from typing import Any
 
 # A character-level WordPiece vocabulary: any lowercase ASCII word tokenizes without [UNK].
 _SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
@@ -254,14 +255,30 @@ def make_tiny_mm_grounding_dino(directory: str | Path, seed: int = 0) -> Path:
     return directory
 
 
+def char_clip_tokenizer(directory: Path, max_length: int) -> tuple[Any, dict[str, int], int, int]:
+    """A character-level CLIP BPE tokenizer written to ``directory`` (pad "!" = id 0): (tokenizer, vocab, bos, eos)."""
+    import json
+
+    from transformers import CLIPTokenizer
+
+    vocab = {"!": 0}
+    for c in string.ascii_lowercase + string.digits:
+        vocab.setdefault(c, len(vocab))
+        vocab.setdefault(c + "</w>", len(vocab))
+    bos, eos = vocab.setdefault("<|startoftext|>", len(vocab)), vocab.setdefault("<|endoftext|>", len(vocab))
+    (directory / "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
+    (directory / "merges.txt").write_text("#version: 0.2\n", encoding="utf-8")
+    tokenizer = CLIPTokenizer(str(directory / "vocab.json"), str(directory / "merges.txt"),
+                              model_max_length=max_length, pad_token="!")
+    return tokenizer, vocab, bos, eos
+
+
 def make_tiny_owlv2(directory: str | Path, seed: int = 0) -> Path:
     """A tiny OWLv2 (ViT 64 px / patch 16 -> 16 boxes, 2-layer text tower, 16-token queries) + its processor
     (``Owlv2ImageProcessor`` PIL backend: pad to square, resize; a character-level CLIP BPE tokenizer)."""
-    import json
 
     import torch
     from transformers import (
-        CLIPTokenizer,
         Owlv2Config,
         Owlv2ForObjectDetection,
         Owlv2ImageProcessorPil,
@@ -270,15 +287,8 @@ def make_tiny_owlv2(directory: str | Path, seed: int = 0) -> Path:
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    vocab = {"!": 0}  # the pad token; OWL treats a query whose first id is 0 as padding, so BOS must not be 0
-    for c in string.ascii_lowercase + string.digits:
-        vocab.setdefault(c, len(vocab))
-        vocab.setdefault(c + "</w>", len(vocab))
-    bos, eos = vocab.setdefault("<|startoftext|>", len(vocab)), vocab.setdefault("<|endoftext|>", len(vocab))
-    (directory / "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
-    (directory / "merges.txt").write_text("#version: 0.2\n", encoding="utf-8")
-    tokenizer = CLIPTokenizer(str(directory / "vocab.json"), str(directory / "merges.txt"), model_max_length=16,
-                              pad_token="!")
+    # "!" is the pad token, id 0; OWL treats a query whose first id is 0 as padding, so BOS must not be 0
+    tokenizer, vocab, bos, eos = char_clip_tokenizer(directory, max_length=16)
     tiny = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2)
     text = dict(tiny, vocab_size=len(vocab), max_position_embeddings=16, bos_token_id=bos, eos_token_id=eos,
                 pad_token_id=0)

@@ -7,9 +7,9 @@ character-level BPE vocabulary padded to SAM 3's fixed 32 tokens.
 
 from __future__ import annotations
 
-import json
-import string
 from pathlib import Path
+
+from tests.fixtures_models import char_clip_tokenizer
 
 SAM3_SIZE = 56  # px: 4x4 ViT patches of 14
 
@@ -18,7 +18,6 @@ def make_tiny_sam3(directory: str | Path, seed: int = 0) -> Path:
     """Write a tiny ``Sam3Model`` (2-layer ViT, 1-layer DETR encoder/decoder, 8 queries) and its processor."""
     import torch
     from transformers import (
-        CLIPTokenizer,
         Sam3Config,
         Sam3Model,
         Sam3Processor,
@@ -29,15 +28,7 @@ def make_tiny_sam3(directory: str | Path, seed: int = 0) -> Path:
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    vocab = {"!": 0}
-    for c in string.ascii_lowercase + string.digits:
-        vocab.setdefault(c, len(vocab))
-        vocab.setdefault(c + "</w>", len(vocab))
-    bos, eos = vocab.setdefault("<|startoftext|>", len(vocab)), vocab.setdefault("<|endoftext|>", len(vocab))
-    (directory / "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
-    (directory / "merges.txt").write_text("#version: 0.2\n", encoding="utf-8")
-    tokenizer = CLIPTokenizer(str(directory / "vocab.json"), str(directory / "merges.txt"), model_max_length=32,
-                              pad_token="!")
+    tokenizer, vocab, bos, eos = char_clip_tokenizer(directory, max_length=32)
     grid = SAM3_SIZE // 14
     vit = Sam3ViTConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
                image_size=SAM3_SIZE, patch_size=14, window_size=2, global_attn_indexes=[1],
