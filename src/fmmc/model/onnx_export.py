@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -202,10 +203,21 @@ def _export(graph: ExportGraph, example: tuple[torch.Tensor, ...], path: Path, o
     if graph.two_stream:
         shapes["text_embedding"] = {0: batch}
     try:
-        with torch.enable_grad():  # FeatureExtractor runs the whole batch in one call when grads are on
-            program = torch.onnx.export(graph, example, dynamo=True, opset_version=opset,
-                                        input_names=list(graph.input_names), output_names=["logits", "probs"],
-                                        dynamic_shapes=shapes, verbose=False, report=False, optimize=True)
+        # the exporter's own chatter (torchvision ops it skips, deprecations, axis-name notes) is not the
+        # user's concern: kept for -v, hidden otherwise
+        quiet = not log.isEnabledFor(logging.DEBUG)
+        onnx_log = logging.getLogger("torch.onnx")
+        level = onnx_log.level
+        with torch.enable_grad(), warnings.catch_warnings():  # grads on: the whole batch in one call
+            if quiet:
+                warnings.simplefilter("ignore")
+                onnx_log.setLevel(logging.ERROR)
+            try:
+                program = torch.onnx.export(graph, example, dynamo=True, opset_version=opset,
+                                            input_names=list(graph.input_names), output_names=["logits", "probs"],
+                                            dynamic_shapes=shapes, verbose=False, report=False, optimize=True)
+            finally:
+                onnx_log.setLevel(level)
     except Exception as e:  # noqa: BLE001 - any exporter failure, as one line (the traceback with -vv)
         first = str(e).strip().splitlines()[0] if str(e).strip() else ""
         raise RuntimeError(f"torch.onnx.export (dynamo) failed for this model: {type(e).__name__}: {first}") from e
