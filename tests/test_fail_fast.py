@@ -251,6 +251,23 @@ def test_dead_vlm_endpoint_is_not_retried_while_the_breaker_is_open() -> None:
             client.chat([{"role": "user", "content": "hi"}])
 
 
+def test_requests_in_flight_when_the_breaker_opens_report_the_same_count() -> None:
+    """Found by CI: with 4 threads, a request already in flight failed as the 4th in a row, after another
+    thread had opened the breaker at 3, and the run stopped with "4 connection failures". Every thread
+    now reports the failure that opened the breaker."""
+    from fmmc.language.openai_client import EndpointUnavailableError, OpenAIChatClient
+
+    client = OpenAIChatClient("m", base_url="http://127.0.0.1:9/v1", max_consecutive_failures=3)
+    client._connection_failed("connection failed (a)", 1)
+    client._connection_failed("connection failed (b)", 1)
+    with pytest.raises(EndpointUnavailableError, match=r"\(c\); 3 connection failures") as opened:
+        client._connection_failed("connection failed (c)", 1)
+    for late in ("d", "e"):  # the other threads' requests, failing after the breaker opened
+        with pytest.raises(EndpointUnavailableError) as err:
+            client._connection_failed(f"connection failed ({late})", 2)
+        assert str(err.value) == str(opened.value)
+
+
 def test_hosted_api_without_a_key_is_refused_before_the_first_region(regions: list[Any]) -> None:
     from fmmc.language.describers import describe_regions
     from fmmc.language.openai_client import EndpointUnavailableError

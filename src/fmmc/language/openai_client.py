@@ -145,6 +145,7 @@ class OpenAIChatClient:
         self.breaker_cooldown = breaker_cooldown
         self._failures = 0  # connection failures / timeouts in a row, over all threads
         self._open_until = 0.0  # time.monotonic() until which requests are refused at once
+        self._open_reason = ""  # why the breaker opened, as the thread that opened it saw it
         self._breaker_lock = threading.Lock()
         self._api_key = api_key if api_key is not None else os.environ.get("OPENAI_API_KEY") or None
         headers = {"Content-Type": "application/json"}
@@ -188,25 +189,36 @@ class OpenAIChatClient:
     def _check_breaker(self) -> None:
         with self._breaker_lock:
             left = self._open_until - time.monotonic()
-            failures = self._failures
+            reason = self._open_reason
         if left > 0:
-            raise self._down(f"{failures} connection failures or timeouts in a row; not trying again for {left:.0f} s")
+            raise self._down(f"{reason}; not trying again for {left:.0f} s")
 
     def _connection_failed(self, problem: str, attempt: int) -> None:
-        """Count one connection failure/timeout; open the breaker (and raise) at the limit."""
+        """Count one connection failure/timeout; open the breaker (and raise) at the limit.
+
+        Threads that fail while another thread's failure has already opened the breaker raise that
+        thread's reason, so every thread of a run reports the same count (the limit), not its own
+        place in the race.
+        """
         with self._breaker_lock:
-            self._failures += 1
-            failures = self._failures
-            if failures >= self.max_consecutive_failures:
-                self._open_until = time.monotonic() + self.breaker_cooldown
-        if failures >= self.max_consecutive_failures:
-            raise self._down(f"{problem}; {failures} connection failures or timeouts in a row "
-                             f"({attempt} attempt{'s' if attempt > 1 else ''} for this request)")
+            if self._open_until > time.monotonic():
+                reason = self._open_reason
+            else:
+                self._failures += 1
+                reason = ""
+                if self._failures >= self.max_consecutive_failures:
+                    self._open_until = time.monotonic() + self.breaker_cooldown
+                    reason = self._open_reason = (
+                        f"{problem}; {self._failures} connection failures or timeouts in a row "
+                        f"({attempt} attempt{'s' if attempt > 1 else ''} for this request)")
+        if reason:
+            raise self._down(reason)
 
     def _answered(self) -> None:
         with self._breaker_lock:
             self._failures = 0
             self._open_until = 0.0
+            self._open_reason = ""
 
     def _down(self, problem: str) -> EndpointUnavailableError:
         return EndpointUnavailableError(self._redact(
