@@ -137,3 +137,23 @@ def test_features_cli_needs_something_to_do(tmp_path, capsys) -> None:
 
     assert main(["features", str(tmp_path)]) == 1
     assert "nothing to do" in capsys.readouterr().err
+
+
+def test_features_takes_the_train_overrides_and_fills_the_cache_train_reads(tiny_dataset, tiny_dinov2, tmp_path,
+                                                                             capsys) -> None:
+    """``fmmc features`` takes ``key=value`` TrainConfig overrides as ``fmmc train`` does (layers, scales,
+    flip_tta had no way in but --config), and ``fmmc train`` with the same ones finds every feature cached."""
+    from fmmc.cli.main import main
+
+    cache = tmp_path / "cache"
+    same = ["layers=2", "flip_tta=true"]
+    common = ["--backbone", f"hf:{tiny_dinov2}", "--quiet"]
+    assert main(["features", str(tiny_dataset), *common, "--image-size", "56", "--cache-dir", str(cache), *same]) == 0
+    first = capsys.readouterr().out
+    assert " 0 cached" in first and "0 failed" in first, first
+    (ns,) = [d for d in (cache / "features").iterdir() if d.is_dir()]
+    assert main(["train", "--data", str(tiny_dataset), "--out", str(tmp_path / "run"), *common, "--streams", "vision",
+                 "--epochs", "1", "image_size=56", f"cache_dir={cache}", *same]) == 0
+    assert [d for d in (cache / "features").iterdir() if d.is_dir()] == [ns]  # the same namespace, nothing new
+    assert main(["features", str(tiny_dataset), *common, "--image-size", "56", "--cache-dir", str(cache), *same]) == 0
+    assert "features: 0 extracted" in capsys.readouterr().out

@@ -1,9 +1,9 @@
-"""``fmmc features DATASET --backbone SPEC [--describer SPEC] [--engine local|ray] [--ray-address ADDR]``.
+"""``fmmc features DATASET --backbone SPEC [--describer SPEC] [--engine local|ray] [key=value ...]``.
 
 Precompute what ``fmmc train`` (head mode) needs from the frozen models: pooled vision features into the
 feature cache and, with ``--describer``, region descriptions into the description cache. Training with the
-same settings (``--config`` takes them from a TrainConfig file) then reads both and runs no backbone or
-describer. With ``--engine ray`` the work runs as a Ray Data pipeline over an actor pool (docs/ray.md)::
+same settings (``--config`` takes them from a TrainConfig file, ``key=value`` arguments as ``fmmc train``
+takes them) then reads both and runs no backbone or describer. With ``--engine ray`` the work runs as a Ray Data pipeline over an actor pool (docs/ray.md)::
 
     fmmc features data/synth --backbone hf:facebook/dinov2-base --engine ray --ray-address auto --num-gpus 0.5
     fmmc train --data data/synth --backbone hf:facebook/dinov2-base ...     # finds every feature cached
@@ -31,8 +31,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--describer", help="also describe every region with this describer (see `fmmc list describers`)")
     p.add_argument("--split", help="only regions of this split (default: all)")
     p.add_argument("--image-size", type=int)
-    p.add_argument("--pooling", help="max | mean | gem | cls, or several joined by '+' (max+mean); layers, scales "
-                                     "and flip_tta come from --config")
+    p.add_argument("--pooling", help="max | mean | gem | cls, or several joined by '+' (max+mean)")
     p.add_argument("--min-coverage", type=float)
     p.add_argument("--dtype", choices=["fp32", "bf16", "fp16", "auto"],
                    help="backbone precision: bf16/fp16 cast the frozen weights; auto = bf16 where the device has "
@@ -49,6 +48,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     add_allow_outside(p)
     add_num_workers(p)
+    p.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="TrainConfig overrides, as `fmmc train` takes them: layers=3, scales=[1.0,1.5], "
+                        "flip_tta=true, ... (defaults < --config < key=value < flags)")
     p.set_defaults(func=run)
 
 
@@ -70,9 +72,10 @@ def run(args: argparse.Namespace) -> int:
     from fmmc.engine.features import FeatureJob, extract_features
     from fmmc.train.config import TrainConfig
 
-    cfg = load_config(TrainConfig, args.config) if args.config else TrainConfig()
-    backbone = args.backbone or (cfg.backbone if args.config else None)
-    describer = args.describer or (cfg.describer if args.config and cfg.streams != "vision" else None)
+    cfg = load_config(TrainConfig, args.config, args.overrides)
+    configured = bool(args.config or args.overrides)  # TrainConfig's own defaults name no models to run
+    backbone = args.backbone or (cfg.backbone if configured else None)
+    describer = args.describer or (cfg.describer if configured and cfg.streams != "vision" else None)
     if not backbone and not describer:
         raise ValueError("nothing to do: give --backbone SPEC (e.g. hf:facebook/dinov2-base), --describer SPEC "
                          "or --config TRAIN_CONFIG")
