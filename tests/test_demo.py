@@ -156,11 +156,15 @@ def test_demo_quick_end_to_end(tmp_path_factory, capsys):
     assert sel["scores"][sel["chosen"]]["accuracy"] == best
     assert metrics["models"]["backbone"] == sel["candidates"][sel["chosen"]]["backbone"]
     assert "chosen by validation photos" in printed.out
+    tied = [n for n in sel["candidates"] if n != sel["chosen"] and sel["scores"][n] == sel["scores"][sel["chosen"]]]
+    assert sel["tied"] == tied  # a tie is said, never silent
+    assert ("tied with" in printed.out) == bool(tied)
     assert len(metrics["data"]["classes"]) >= 3
     for name in ("report.md", "confusion.png", "examples.png", "predictions.jsonl", "demo_config.yaml"):
         assert (out / name).is_file(), name
     report = (out / "report.md").read_text()
     assert "held-out photos" in report and "confusion.png" in report and "chosen by validation photos" in report
+    assert ("does not tell these settings apart" in report) == bool(tied)
     preds = [json.loads(x) for x in (out / "predictions.jsonl").read_text().splitlines()]
     assert len([p for p in preds if p["split"] == "test"]) == metrics["streams"]["both"]["n"]
     assert all(len(p["top"]) == 3 for p in preds)
@@ -217,6 +221,18 @@ def test_choice_by_validation_never_reads_the_test_photos(tmp_path):
                 for s in sources]
     second = choose_candidate(cands, poisoned, splits, guarded, tmp_path / "v2", **kw)
     assert (second.name, second.scores) == (first.name, first.scores)
+
+
+def test_a_tie_on_validation_keeps_the_earlier_candidate_and_names_the_others():
+    from fmmc.demo.select import candidates, pick
+
+    cands = candidates({"backbone": "builtin:efficientnet-lite0",
+                        "candidates": {"a": {}, "b": {"train": {"pooling": "mean"}}, "c": {"train": {"layers": 2}}}})
+    same = {"accuracy": 0.656, "mean_class_accuracy": 0.6}
+    best, tied = pick(cands, {"a": {"accuracy": 0.5, "mean_class_accuracy": 0.9}, "b": same, "c": dict(same)})
+    assert (best.name, tied) == ("b", ["c"])
+    best, tied = pick(cands, {"a": same, "b": {**same, "mean_class_accuracy": 0.7}, "c": same})
+    assert (best.name, tied) == ("b", [])  # mean class accuracy breaks the tie on accuracy
 
 
 def test_candidates_read_the_profile_and_name_a_bad_key():

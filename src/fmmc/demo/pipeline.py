@@ -273,7 +273,8 @@ def run_demo(cfg: DemoConfig, notify: Callable[[str], None] | None = None) -> De
         choice = choose_candidate(cands, sources, photos.splits, images.open, out / "validation",
                                   validation_scene_config(scene_cfg), models, cache, cfg.progress, say)
         say(f"validation: chose {choice.name} (" + ", ".join(f"{k} {v['accuracy']:.3f}" for k, v in choice.scores.items())
-            + f" accuracy on {choice.photos['validation']} validation photos)")
+            + f" accuracy on {choice.photos['validation']} validation photos)"
+            + (f"; tied with {', '.join(choice.tied)} on both scores, the earlier listed kept" if choice.tied else ""))
         timing["choose by validation"] = time.time() - t
     winner = choice.candidate if choice else cands[0]
     models["backbone"] = winner.backbone
@@ -400,7 +401,7 @@ def _selection(choice: Choice | None, cands: list[Candidate], winner: Candidate)
     return {"chosen": winner.name, "by": "validation photos" if choice else "the profile's only candidate",
             "candidates": {c.name: {"backbone": c.backbone, "train": c.train} for c in cands},
             "scores": choice.scores if choice else {}, "photos": choice.photos if choice else {},
-            "regions": choice.regions if choice else {}}
+            "regions": choice.regions if choice else {}, "tied": choice.tied if choice else []}
 
 
 def _torch_version() -> str:

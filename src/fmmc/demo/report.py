@@ -69,7 +69,9 @@ def _selection_section(sel: dict[str, Any]) -> list[str]:
            f"{sel['photos']['fit']} of the training photos and was scored on scenes of the other "
            f"{sel['photos']['validation']} training photos ({sel['regions']['validation']} regions; split by photo, "
            "as the test split is). The test photos took no part. Chosen: "
-           f"**{sel['chosen']}**, then trained on every training photo.", ""]
+           f"**{sel['chosen']}**, then trained on every training photo."
+           + (f" It tied with {', '.join(sel['tied'])} on both validation scores; the earlier listed was kept, so "
+              "this validation split does not tell these settings apart." if sel.get("tied") else ""), ""]
     out += [_table(["candidate", "backbone", "train settings", "validation accuracy", "validation mean class accuracy"],
                    [[("**" + n + "**") if n == sel["chosen"] else n, c["backbone"],
                      ", ".join(f"{k}={v}" for k, v in sorted(c["train"].items())),

@@ -10,8 +10,8 @@ is made): a third of each class's training photos validate, the rest fit. Scenes
 photos alone (:func:`~fmmc.demo.scenes.build_dataset`, the validation photos in its ``test`` role), each
 candidate trains its two-stream head on the fitting photos' scenes through :func:`fmmc.train.trainer.train`,
 and is scored on the validation photos' scenes. The best mean accuracy wins (then mean class accuracy; a tie
-keeps the earlier candidate). The test photos are never opened, and their labels never read: only the
-sources whose split is ``train`` reach this module's scene builder.
+keeps the earlier candidate, and the log and report say so). The test photos are never opened, and their
+labels never read: only the sources whose split is ``train`` reach this module's scene builder.
 """
 
 from __future__ import annotations
@@ -45,6 +45,7 @@ class Choice:
     scores: dict[str, dict[str, float]]  # candidate -> accuracy, mean_class_accuracy on the validation photos
     photos: dict[str, int] = field(default_factory=dict)  # fit / validation photo counts
     regions: dict[str, int] = field(default_factory=dict)
+    tied: list[str] = field(default_factory=list)  # other candidates with the winner's two scores (the earlier won)
 
 
 def candidates(profile: dict[str, Any], where: str = "profiles.yaml") -> list[Candidate]:
@@ -118,11 +119,20 @@ def choose_candidate(cands: list[Candidate], sources: Sequence[Source], splits: 
         model = MaterialClassifier.from_pretrained(run / "model", cache_dir=cache)
         m, _, _ = score_model(model, val, info.labels, seed=scene_cfg.seed, progress=progress)
         scores[c.name] = {"accuracy": round(m["accuracy"], 4), "mean_class_accuracy": round(m["mean_class_accuracy"], 4)}
-    best = max(cands, key=lambda c: (scores[c.name]["accuracy"], scores[c.name]["mean_class_accuracy"],
-                                     -cands.index(c)))
+    best, tied = pick(cands, scores)
     photos = {"fit": sum(v == "train" for v in vsplits.values()), "validation": sum(v == "test" for v in vsplits.values())}
     regions = {"fit": sum(info.counts["train"].values()), "validation": sum(info.counts["test"].values())}
-    return Choice(best.name, best, scores, photos, regions)
+    return Choice(best.name, best, scores, photos, regions, tied)
+
+
+def pick(cands: Sequence[Candidate], scores: dict[str, dict[str, float]]) -> tuple[Candidate, list[str]]:
+    """The candidate with the best validation accuracy, then mean class accuracy; of a tie on both, the
+    earlier listed, with the names of the others it tied with (said in the log and the report)."""
+    def key(c: Candidate) -> tuple[float, float]:
+        return scores[c.name]["accuracy"], scores[c.name]["mean_class_accuracy"]
+
+    best = max(cands, key=lambda c: (*key(c), -list(cands).index(c)))
+    return best, [c.name for c in cands if c is not best and key(c) == key(best)]
 
 
 def validation_scene_config(scene_cfg: SceneConfig) -> SceneConfig:
