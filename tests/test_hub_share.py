@@ -143,7 +143,8 @@ def test_pushed_model_loads_back_from_the_hub(run_dir: Path, model: MaterialClas
     (commit,) = hub.commits
     load = f"""
 import json, sys
-from fmmc.model.classifier import MaterialClassifier, model_dir
+from fmmc.model.classifier import MaterialClassifier
+from fmmc.model.locate import model_dir
 m = MaterialClassifier.from_pretrained("me/mugs", cache_dir={str(tmp_path / "fmmc-cache")!r})
 print(json.dumps({{"dir": str(model_dir("me/mugs")), "probs": [m.predict(p).probs.tolist() for p in {images!r}]}}))
 """

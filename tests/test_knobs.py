@@ -19,7 +19,8 @@ from PIL import Image
 from fmmc.cli.main import main
 from fmmc.core import threads
 from fmmc.core.device import resolve_device
-from fmmc.model.classifier import MaterialClassifier, Prediction
+from fmmc.model.classifier import MaterialClassifier
+from fmmc.model.prediction import Prediction
 
 NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 FAST = ["--backbone", "builtin:efficientnet-lite0", "--streams", "vision", "--epochs", "2", "--quiet"]

@@ -161,7 +161,7 @@ def test_predict_and_predict_regions_default_to_the_trained_classes(model, model
 
 
 def test_classify_follows_the_same_default(model):
-    from fmmc.model.classifier import RegionInput
+    from fmmc.model.prediction import RegionInput
 
     img = Image.fromarray(scene())
     mask = np.zeros((120, 160), dtype=bool)

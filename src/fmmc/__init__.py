@@ -28,7 +28,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from fmmc.data.dataset import load_dataset as load_dataset
     from fmmc.data.records import Region as Region
     from fmmc.model.classifier import MaterialClassifier as MaterialClassifier
-    from fmmc.model.classifier import Prediction as Prediction
+    from fmmc.model.prediction import Prediction as Prediction
     from fmmc.taxonomy import Taxonomy as Taxonomy
     from fmmc.taxonomy import load_taxonomy as load_taxonomy
 

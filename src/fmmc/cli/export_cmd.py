@@ -35,7 +35,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from fmmc.core.outputs import check_output_file
-    from fmmc.model.classifier import model_dir
+    from fmmc.model.locate import model_dir
     from fmmc.model.onnx_export import DEFAULT_OPSET, SIDECAR_SUFFIX, export_onnx, require_onnx
 
     require_onnx()  # before anything is loaded: one line naming the extra

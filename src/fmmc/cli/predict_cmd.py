@@ -89,7 +89,8 @@ def _floats(text: str, n: int, name: str) -> tuple[float, ...]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from fmmc.model.classifier import MaterialClassifier, parse_classes
+    from fmmc.model.classifier import MaterialClassifier
+    from fmmc.model.prediction import parse_classes
 
     overrides = {k: getattr(args, k) for k in ("segmenter", "grounder", "describer") if getattr(args, k, None)}
     model = MaterialClassifier.from_pretrained(args.model, device=args.device, cache_dir=args.cache_dir,

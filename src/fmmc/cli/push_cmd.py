@@ -40,8 +40,9 @@ def add_push_options(p: argparse.ArgumentParser, what: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from fmmc.model.classifier import MaterialClassifier, model_dir
+    from fmmc.model.classifier import MaterialClassifier
     from fmmc.model.hub_push import check_can_push, push_folder
+    from fmmc.model.locate import model_dir
 
     check_can_push(f"{args.source} to {args.repo_id}")  # before loading anything
     if not Path(args.source).expanduser().is_dir():

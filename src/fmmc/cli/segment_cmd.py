@@ -52,7 +52,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from fmmc.core.outputs import check_output_dir, check_output_file, write_marker
-    from fmmc.model.classifier import MaterialClassifier, parse_classes
+    from fmmc.model.classifier import MaterialClassifier
+    from fmmc.model.prediction import parse_classes
 
     if args.eval_dms and args.out:
         check_output_file(args.out, args.overwrite)  # before any work

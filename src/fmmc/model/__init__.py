@@ -10,8 +10,8 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # pragma: no cover
     from fmmc.model.classifier import MaterialClassifier as MaterialClassifier
-    from fmmc.model.classifier import Prediction as Prediction
-    from fmmc.model.classifier import RegionInput as RegionInput
+    from fmmc.model.prediction import Prediction as Prediction
+    from fmmc.model.prediction import RegionInput as RegionInput
 
 _LAZY = ("MaterialClassifier", "Prediction", "RegionInput")
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, overload
 
@@ -31,74 +31,15 @@ from fmmc import __version__
 from fmmc.data.records import Region
 from fmmc.model.config import DATASET_DESCRIBERS, HeadConfig, ModelConfig, description_fix
 from fmmc.model.head import MaterialHead
+from fmmc.model.locate import CONFIG_NAME, model_dir
+from fmmc.model.prediction import ALL_CLASSES, Classes, Prediction, RegionInput
 from fmmc.taxonomy import Taxonomy, load_taxonomy
 
 log = logging.getLogger(__name__)
-CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
-ALL_CLASSES = "all"  # classes="all": the whole taxonomy, not only the trained classes
-Classes = list[str] | tuple[str, ...] | str | None  # None: the trained classes | "all" | names
 ImageArg = str | Path | bytes | Image.Image | np.ndarray  # what predict takes (fmmc.data.regions.ImageInput)
 MaskArg = str | Path | bytes | np.ndarray
 BoxArg = tuple[float, float, float, float]
-
-
-def parse_classes(text: str | None) -> list[str] | str | None:
-    """A ``--classes`` flag or ``classes`` form field: empty -> None (the model's trained classes), ``all`` ->
-    ``"all"`` (the whole taxonomy), ``"wood, metal"`` -> ``["wood", "metal"]``."""
-    if text is None or not text.strip():
-        return None
-    if text.strip().lower() == ALL_CLASSES:
-        return ALL_CLASSES
-    return [c.strip() for c in text.split(",") if c.strip()]
-
-
-@dataclass
-class Prediction:
-    """Calibrated class probabilities for one region."""
-
-    probs: np.ndarray  # [K], sums to 1
-    labels: tuple[str, ...]
-    id: str = ""
-    mask: np.ndarray | None = None  # the region used (bool [H, W]) when it was derived from a prompt
-    description: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def label(self) -> str:
-        return self.labels[int(np.argmax(self.probs))]
-
-    @property
-    def confidence(self) -> float:
-        return float(np.max(self.probs))
-
-    def top(self, k: int = 5) -> list[tuple[str, float]]:
-        order = np.argsort(-self.probs, kind="stable")[:k]
-        return [(self.labels[i], float(self.probs[i])) for i in order]
-
-    def to_json(self, k: int = 5) -> dict[str, Any]:
-        out: dict[str, Any] = {"id": self.id, "label": self.label, "confidence": round(self.confidence, 6),
-                               "top": [{"label": lab, "prob": round(p, 6)} for lab, p in self.top(k)]}
-        if self.description is not None:
-            out["description"] = self.description
-        if self.mask is not None:
-            from fmmc.grounding.prompts import mask_summary
-
-            out["mask"] = mask_summary(self.mask)
-        out.update(self.extra)
-        return out
-
-
-@dataclass
-class RegionInput:
-    """One in-memory region to classify: an RGB image, its mask (None = whole image), the language-stream
-    text (None: the model's describer writes it) and the classes to choose among (names; None = the classes
-    the model was trained on; ``"all"`` = the whole taxonomy)."""
-
-    image: Image.Image
-    mask: np.ndarray | None = None
-    description: str | None = None
-    classes: Classes = None
 
 
 class MaterialClassifier:
@@ -528,30 +469,3 @@ def _per_image(values: Any, name: str, n: int) -> list[Any]:
 
 def _in_taxonomy_order(taxonomy: Taxonomy, names: Iterable[str]) -> list[str]:
     return [taxonomy.names[i] for i in sorted(set(taxonomy.subset(list(names))))]
-
-
-def model_dir(source: str | Path) -> Path:
-    """The directory holding a model's ``config.json``: ``source`` itself, ``source/model`` (the run folder
-    ``fmmc train --out`` writes), or a hub repo id (downloaded). A path that does not exist is reported as a
-    missing directory, not sent to the hub."""
-    path = Path(source).expanduser()
-    if path.is_dir():
-        if not (path / CONFIG_NAME).is_file() and (path / "model" / CONFIG_NAME).is_file():
-            log.info("%s is a training run: using its model, %s", path, path / "model")
-            return path / "model"
-        return path
-    text = str(source)
-    looks_local = (text.startswith((".", "/", "~")) or "\\" in text or text.count("/") != 1
-                   or path.parent.is_dir() and path.parent != Path("."))
-    if looks_local:
-        raise ValueError(f"{source}: no such model directory (train one with `fmmc train --out DIR`, then pass "
-                         "DIR or DIR/model; a hub model is named org/name)")
-    return _download(text)
-
-
-def _download(repo_id: str) -> Path:
-    from huggingface_hub import snapshot_download
-
-    from fmmc.core.hub import load_pretrained
-
-    return Path(load_pretrained(lambda rid, **kw: snapshot_download(rid, **kw), repo_id, "fmmc model"))

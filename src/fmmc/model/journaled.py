@@ -34,7 +34,7 @@ def predict_journaled(model: Any, regions: list[Region], journal: Journal | None
     Returns predictions aligned with ``regions`` (None where one failed) and the failures, exactly as
     ``predict_regions`` does. Failed regions are tried again on a rerun; finished ones are not.
     """
-    from fmmc.model.classifier import Prediction
+    from fmmc.model.prediction import Prediction
 
     labels = tuple(model.labels)
     keys = region_keys(regions)

@@ -17,7 +17,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from fmmc.model.classifier import MaterialClassifier, Prediction
+    from fmmc.model.classifier import MaterialClassifier
+    from fmmc.model.prediction import Prediction
 
 URL_PREFIXES = ("http://", "https://")
 URL_TIMEOUT_S = 30.0

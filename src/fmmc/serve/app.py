@@ -124,7 +124,7 @@ def create_app(model_or_path: Any, settings: ServeSettings | None = None, name: 
 
     def parsed_classes(classes: str | None) -> list[str] | str | None:
         """The ``classes`` field (None: the trained classes, ``all``, or names); unknown names: 422."""
-        from fmmc.model.classifier import parse_classes
+        from fmmc.model.prediction import parse_classes
 
         parsed = parse_classes(classes)
         try:
@@ -192,7 +192,7 @@ def create_app(model_or_path: Any, settings: ServeSettings | None = None, name: 
             pixels += header_pixels(mask_data, mask_name, settings.max_pixels)
 
         def work() -> tuple[Any, Any, dict[str, Any], str | None]:
-            from fmmc.model.classifier import RegionInput
+            from fmmc.model.prediction import RegionInput
 
             img = decode_image(data, image_name, settings.max_pixels)
             region: dict[str, Any] = {"source": "image"}

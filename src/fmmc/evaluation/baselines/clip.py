@@ -25,7 +25,7 @@ import torch
 from PIL import Image
 
 from fmmc.data.records import Region
-from fmmc.model.classifier import Prediction
+from fmmc.model.prediction import Prediction
 from fmmc.taxonomy import Taxonomy, load_taxonomy
 
 log = logging.getLogger(__name__)

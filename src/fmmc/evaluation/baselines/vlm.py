@@ -23,7 +23,7 @@ import numpy as np
 
 from fmmc.data.records import Region
 from fmmc.evaluation.baselines.answers import AnswerParser
-from fmmc.model.classifier import Prediction
+from fmmc.model.prediction import Prediction
 from fmmc.taxonomy import Taxonomy, load_taxonomy
 
 log = logging.getLogger(__name__)

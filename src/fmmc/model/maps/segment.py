@@ -63,7 +63,7 @@ def classify_masks(model: Any, image: Image.Image, masks: Sequence[np.ndarray],
                    description: str | Sequence[str | None] | None = None) -> np.ndarray:
     """Class probabilities ``[N, K]`` for ``N`` masks of one image, with a single backbone pass
     (:meth:`MaterialClassifier.classify`, the one forward)."""
-    from fmmc.model.classifier import RegionInput
+    from fmmc.model.prediction import RegionInput
 
     if not masks:
         return np.zeros((0, len(model.taxonomy)), dtype=np.float32)
