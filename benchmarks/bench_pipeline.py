@@ -9,7 +9,8 @@ the fp32 matmul ceiling and the naive loop):
 
 1. input pipeline (decode + resize to 448 + mask to grid + cache key; no model): images/s through
    :func:`fmmc.vision.loading.iter_batches` at 0 workers (this process, no prefetch: one core), 1 and 2
-   worker processes, for the ``pil`` decoder (full decode, the default) and ``pil-draft``; per-core rate;
+   worker processes, for the ``pil`` decoder (full decode, the default) and ``pil-draft``; per-core rate, of
+   the whole pipeline and of the decoder alone (decode + resize, no mask: :func:`decoder_rate`);
 2. the forward rate (DINOv2-B/14, random weights, 448x448, ready tensors) in fp32 and bf16 (weights cast,
    :mod:`fmmc.vision.precision`), the 2048^3 matmul ceilings in fp32 and bf16 measured between the timings,
    and the min cosine of bf16 to fp32 pooled features;
@@ -17,7 +18,8 @@ the fp32 matmul ceiling and the naive loop):
    ``extract_regions`` rate against the forward rate, with ``pil-draft`` and, where torchvision imports,
    ``torchvision-gpu`` (decoded on the device: nvJPEG on a GPU).
 
-Targets (issue 12): 2 workers >= 1.7x 1 worker; per-core pil-draft >= 80 images/s; bf16 cast >= 0.6 of the
+Targets (issue 12): 2 workers >= 1.7x 1 worker; per-core pil-draft decoder >= 80 images/s (checked for
+the decoder alone and, stricter, for the whole pipeline with the mask); bf16 cast >= 0.6 of the
 bf16 ceiling with min cosine >= 0.999; on a GPU, end-to-end extraction >= 0.5 of the forward rate at batch 64.
 """
 
@@ -77,6 +79,20 @@ def pipeline_rate(regions: list[Any], pre: Any, decoder: str, workers: int, batc
         assert all(x.error is None for x in loaded), [x.error for x in loaded if x.error]
         n += len(loaded)
     return n / (time.perf_counter() - t)
+
+
+def decoder_rate(regions: list[Any], pre: Any, decoder: str) -> float:
+    """The decoder alone, in this process (one core): fmmc's own decode (``load_image``, draft for
+    ``pil-draft``) and ``to_pixels`` (resize + normalise), no mask, no cache key: the figure the issue's
+    "per-core rate of the PIL decoder" names (the pipeline rate above adds the mask's decode and grid)."""
+    from fmmc.data.imageio import load_image
+    from fmmc.vision.loading import to_pixels
+
+    draft = (pre.image_size[1], pre.image_size[0]) if decoder == "pil-draft" else None
+    t = time.perf_counter()
+    for r in regions:
+        to_pixels(load_image(r.image, draft=draft), pre)
+    return len(regions) / (time.perf_counter() - t)
 
 
 def vit_gflop(backbone: Any, size: int) -> float:
@@ -139,11 +155,12 @@ def main(argv: list[str] | None = None) -> int:
         for decoder in ("pil", "pil-draft"):
             for w in (0, 1, 2):
                 pipe[decoder, w] = pipeline_rate(regions, pre, decoder, w, batch)
+        dec = {decoder: decoder_rate(regions, pre, decoder) for decoder in ("pil", "pil-draft")}
         print("\ninput pipeline (no model), images/s:")
         for decoder in ("pil", "pil-draft"):
             r = [pipe[decoder, w] for w in (0, 1, 2)]
             print(f"  {decoder:<10} in-process {r[0]:6.1f}   1 worker {r[1]:6.1f}   2 workers {r[2]:6.1f}   "
-                  f"2w/1w {r[2] / r[1]:.2f}x   per core {r[0]:.1f}")
+                  f"2w/1w {r[2] / r[1]:.2f}x   per core {r[0]:.1f} (decoder alone: decode + resize {dec[decoder]:.1f})")
         c32a = ceiling(args.device, torch.float32)
         f32 = forward_rate(fp32.backbone, args.device, torch.float32, batch, 448, args.rounds)
         b16 = FeatureExtractor(build("backbone", f"hf:{model}", image_size=448), batch_size=batch, device=args.device,
@@ -182,7 +199,8 @@ def main(argv: list[str] | None = None) -> int:
         checks = [
             ("input pipeline: 2 workers >= 1.7x 1 worker (pil-draft)", pipe["pil-draft", 2] / pipe["pil-draft", 1] >= 1.7),
             ("input pipeline: 2 workers >= 1.7x 1 worker (pil)", pipe["pil", 2] / pipe["pil", 1] >= 1.7),
-            ("per-core pil-draft rate >= 80 images/s (1600x1200 -> 448)", pipe["pil-draft", 0] >= 80),
+            ("per-core pil-draft decoder (decode + resize) >= 80 images/s (1600x1200 -> 448)", dec["pil-draft"] >= 80),
+            ("per-core pil-draft input pipeline (+ mask decode and grid) >= 80 images/s", pipe["pil-draft", 0] >= 80),
             ("bf16 cast >= 0.6 of the bf16 matmul ceiling", fb16 * gflop / c16 >= 0.6),
             ("bf16 cast pooled features min cosine >= 0.999", cos >= 0.999),
         ]
