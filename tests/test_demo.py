@@ -162,6 +162,9 @@ def test_demo_quick_end_to_end(tmp_path_factory, capsys):
     assert len(metrics["data"]["classes"]) >= 3
     for name in ("report.md", "confusion.png", "examples.png", "predictions.jsonl", "demo_config.yaml"):
         assert (out / name).is_file(), name
+    from fmmc.core.outputs import read_marker
+
+    assert (read_marker(out) or {}).get("kind") == "demo" and read_marker(out)["complete"]
     report = (out / "report.md").read_text()
     assert "held-out photos" in report and "confusion.png" in report and "chosen by validation photos" in report
     assert ("does not tell these settings apart" in report) == bool(tied)
@@ -174,6 +177,45 @@ def test_demo_quick_end_to_end(tmp_path_factory, capsys):
         seen.setdefault(r.extra["source"], set()).add(r.split)
     assert all(len(v) == 1 for v in seen.values())
     print(f"demo --quick took {took:.0f} s, accuracy {metrics['accuracy']:.3f}")
+
+
+def test_demo_never_writes_into_a_folder_of_the_users(tmp_path, capsys):
+    """Found reviewing the demo: it wrote demo_config.yaml, metrics.json, report.md, ... into any --out,
+    over a user's files of those names. Now --out is checked as every fmmc output is, before any work."""
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "report.md").write_text("my notes\n")
+    rc = main(["demo", "--quick", "--out", str(mine), "--cache-dir", str(tmp_path / "c"), "--quiet"])
+    err = capsys.readouterr().err.strip()
+    assert rc != 0 and len(err.splitlines()) == 1 and str(mine) in err and "fmmc did not write" in err, err
+    assert sorted(p.name for p in mine.iterdir()) == ["report.md"] and (mine / "report.md").read_text() == "my notes\n"
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    assert main(["demo", "--quick", "--out", str(afile), "--cache-dir", str(tmp_path / "c"), "--quiet"]) != 0
+    assert "is a file" in capsys.readouterr().err and afile.read_text() == "x"
+
+
+def test_demo_takes_over_its_own_earlier_output(tmp_path):
+    from fmmc.core.outputs import read_marker, write_marker
+    from fmmc.demo.pipeline import claim_output
+    from fmmc.demo.scenes import MARKER
+
+    done = tmp_path / "done"  # a finished demo: rebuilt without --overwrite, as the README's first command reruns
+    done.mkdir()
+    (done / "report.md").write_text("old")
+    write_marker(done, "demo", complete=True)
+    assert claim_output(done) == done and read_marker(done)["complete"] is False
+    legacy = tmp_path / "legacy"  # written before the demo marked its outputs: known by its dataset's marker
+    (legacy / "dataset").mkdir(parents=True)
+    (legacy / "dataset" / MARKER).write_text("written by `fmmc demo`")
+    (legacy / "metrics.json").write_text("{}")
+    assert claim_output(legacy) == legacy and read_marker(legacy)["kind"] == "demo"
+    other = tmp_path / "train-run"
+    other.mkdir()
+    (other / "x").write_text("")
+    write_marker(other, "train", complete=True)
+    with pytest.raises(ValueError, match="fmmc train"):
+        claim_output(other)
 
 
 def test_paper_profile_fails_fast_offline(tmp_path, capsys, monkeypatch):

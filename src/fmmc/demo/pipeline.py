@@ -27,7 +27,9 @@ from typing import Any
 
 import yaml
 
+from fmmc.core.outputs import write_marker
 from fmmc.core.registry import registry
+from fmmc.demo.scenes import MARKER as DATASET_MARKER
 from fmmc.demo.scenes import DatasetInfo, SceneConfig, assign_splits, build_dataset
 from fmmc.demo.scoring import score_model
 from fmmc.demo.select import Candidate, Choice, candidates, choose_candidate, validation_scene_config
@@ -45,6 +47,7 @@ from fmmc.demo.sources import (
 )
 
 log = logging.getLogger(__name__)
+DEMO_KIND = "demo"  # the kind in the output marker (fmmc.core.outputs)
 PROFILES = ("offline", "paper")
 STREAMS = ("both", "vision", "language")
 MIN_CLASSES = 4  # fewer classes with two photos each: use the skimage-only fallback
@@ -226,6 +229,22 @@ def _sources_by_class(info: DatasetInfo, sources: list[Source]) -> dict[str, dic
     return out
 
 
+def claim_output(folder: str | Path) -> Path:
+    """The demo's ``--out``, checked as every fmmc output is (:mod:`fmmc.core.outputs`) and marked as the
+    demo's, before any work. The demo rebuilds its own output on every run, so an earlier demo output
+    is taken over without ``--overwrite``; a folder holding files fmmc did not write, another command's
+    output, a file or a read-only place is refused with one line and left as it is."""
+    from fmmc.core.outputs import check_output_dir, read_marker
+
+    out = Path(folder).expanduser()
+    if read_marker(out) is None and (out / "dataset" / DATASET_MARKER).is_file():
+        write_marker(out, DEMO_KIND, complete=False)  # a demo output written before fmmc marked them
+    check_output_dir(out, DEMO_KIND, overwrite=True)
+    out.mkdir(parents=True, exist_ok=True)
+    write_marker(out, DEMO_KIND, complete=False)
+    return out
+
+
 def run_demo(cfg: DemoConfig, notify: Callable[[str], None] | None = None) -> DemoResult:
     """Run every step; returns the metrics and where the report is. ``notify`` receives progress messages."""
     from fmmc import __version__
@@ -247,8 +266,7 @@ def run_demo(cfg: DemoConfig, notify: Callable[[str], None] | None = None) -> De
     if per_class < 3:
         raise ValueError(f"--per-class {per_class}: need at least 3 scenes per class (train and test)")
     cache = demo_cache_dir(cfg.cache_dir)
-    out = Path(cfg.out).expanduser()
-    out.mkdir(parents=True, exist_ok=True)
+    out = claim_output(cfg.out)
     resolved = dict(asdict(cfg), per_class=per_class, image_size=image_size, cache_dir=str(cache), **models)
     save_config(resolved, out / "demo_config.yaml")
 
@@ -336,6 +354,7 @@ def run_demo(cfg: DemoConfig, notify: Callable[[str], None] | None = None) -> De
     metrics["train_config"] = (out / "runs" / "both" / "train_config.yaml").read_text()
     report = write_report(out / "report.md", metrics)
     metrics.pop("train_config")
+    write_marker(out, DEMO_KIND, complete=True)
     return DemoResult(out, metrics, report, {"metrics": out / "metrics.json", "predictions": out / "predictions.jsonl",
                                              "confusion": out / "confusion.png", "dataset": info.root})
 
