@@ -133,3 +133,25 @@ def test_new_backbone_families_are_listed():
     listed = "\n".join(f"{spec}\t{help_}" for spec, help_ in registry("backbone").specs())
     for family in ("DINOv3", "dinov3-vits16", "dinov3-convnext", "siglip2"):
         assert family.lower() in listed.lower(), family
+
+
+def test_pooling_cls_without_a_global_token_says_it_pools_the_mean(tmp_path, caplog):
+    """A conv net's earlier stages have no global token: pooling=cls pools their global mean, and says so
+    once (it used to do so silently)."""
+    import logging
+
+    from transformers import ConvNextConfig, ConvNextModel
+
+    torch.manual_seed(0)
+    ConvNextModel(ConvNextConfig(hidden_sizes=[8, 16], depths=[1, 1], num_stages=2)).save_pretrained(tmp_path / "cnx")
+    bb = build("backbone", f"hf:{tmp_path / 'cnx'}", image_size=64)
+    img = _image(64, 64)
+    with caplog.at_level(logging.WARNING, logger="fmmc.vision.extractor"):
+        FeatureExtractor(bb, pooling="cls").extract_arrays([(img, None)])  # the last stage has ConvNeXt's pooler
+        assert "no global token" not in caplog.text
+        ex = FeatureExtractor(bb, pooling="cls", layers=2)
+        feats = ex.extract_arrays([(img, None), (img, None)])
+    assert caplog.text.count("no global token") == 1
+    with torch.no_grad():
+        out = bb(torch.zeros(1, 3, 64, 64), layers=2)
+    assert out.earlier[0].cls is None and out.cls is not None and feats.shape == (2, 8 + 16)

@@ -253,6 +253,11 @@ class FeatureExtractor:
                    index: torch.Tensor | None = None) -> torch.Tensor:
         """Pool feature maps over cell masks; ``index`` maps each mask to its feature-map row. Masks are
         pooled ``POOL_CHUNK`` at a time, so many masks of one image never expand the map all at once."""
+        if cls is None and "cls" in self.pooling.split("+") and not getattr(self, "_said_no_cls", False):
+            self._said_no_cls = True
+            log.warning("pooling=%s: this backbone (or layer) has no global token, so its 'cls' part is the global "
+                        "mean of the feature map; say pooling=mean to make "
+                        "that explicit", self.pooling)
         if index is None:
             return pool(fmap, cells, self.pooling, cls)
         index = index.to(fmap.device)
