@@ -71,6 +71,37 @@ def test_a_killed_worker_stops_the_run_with_a_message(tiny_dinov2: Path, tmp_pat
     assert not failed and len(ok) == len(many)
 
 
+def _reset_on_arrival() -> None:
+    raise ConnectionResetError(104, "Connection reset by peer")
+
+
+class _SharedByADeadWorker:
+    """Unpickles as a batch whose tensors a dead worker shared by file descriptor does: the fetch fails."""
+
+    def __reduce__(self):
+        return _reset_on_arrival, ()
+
+
+def test_a_batch_lost_with_its_dead_worker_stops_the_run_with_the_message(tiny_dinov2: Path, tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch):
+    """Found by a full run here: a worker killed right after queueing a batch made the main process's
+    unpickling of that batch fail (ConnectionResetError from multiprocessing's resource sharer) before
+    torch's SIGCHLD handler said which worker died; the user got that traceback. Now it is the one-line
+    worker message. The batch arrives through the real DataLoader and fails in the real unpickling."""
+    many = load_dataset(write_dataset(tmp_path / "many", n_per_class=4, size=48))
+    ex = FeatureExtractor(build("backbone", f"hf:{tiny_dinov2}", image_size=112), batch_size=2, num_workers=2)
+    main, real = os.getpid(), RegionLoader.load_chunk
+
+    def load_chunk(self: RegionLoader, regions, idx, in_cache=None):
+        if os.getpid() != main and 4 in idx:
+            return [_SharedByADeadWorker()]
+        return real(self, regions, idx, in_cache)
+
+    monkeypatch.setattr(RegionLoader, "load_chunk", load_chunk)
+    with pytest.raises(RuntimeError, match="decoding worker stopped .*ConnectionResetError.*--num-workers 0"):
+        ex.extract_regions(many, progress=False)
+
+
 def test_cache_key_changes_with_dtype_and_decoder(tiny_dinov2: Path):
     def key(**kw) -> str:
         return namespace_of(FeatureExtractor(build("backbone", f"hf:{tiny_dinov2}", image_size=112), **kw).settings())

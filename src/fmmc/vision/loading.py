@@ -199,6 +199,11 @@ def _in_workers(loader: RegionLoader, regions: Sequence[Region], chunks: list[li
     try:
         for k, batch in enumerate(it):
             yield chunks[k], batch
+    except (ConnectionError, EOFError) as e:
+        # A worker that dies (SIGKILL, the OOM killer) right after queueing a batch: the batch's tensors are
+        # shared by file descriptor, fetched from that worker as the batch is unpickled here, and the fetch
+        # fails before torch's SIGCHLD handler has said which worker died (seen in CI).
+        raise RuntimeError(f"DataLoader worker exited before its batch was received ({type(e).__name__}: {e})") from e
     finally:
         # Reap and unregister the workers now, whatever ended the loop. torch leaves a dead worker registered
         # with its SIGCHLD handler while the iterator lives, and the error's traceback keeps it alive: the
