@@ -177,6 +177,11 @@ def test_demo_quick_end_to_end(tmp_path_factory, capsys):
         seen.setdefault(r.extra["source"], set()).add(r.split)
     assert all(len(v) == 1 for v in seen.values())
     print(f"demo --quick took {took:.0f} s, accuracy {metrics['accuracy']:.3f}")
+    # Rerunning the README's first command rebuilds the demo's own output. Found trying it as a new user:
+    # the second run stopped at its final training ("holds a finished `fmmc train` output").
+    (out / "report.md").write_text("stale")
+    assert main(["demo", "--quick", "--out", str(out), "--cache-dir", str(cache), "--quiet"]) == 0, capsys.readouterr().err
+    assert (out / "report.md").read_text() != "stale" and read_marker(out)["complete"]
 
 
 def test_demo_never_writes_into_a_folder_of_the_users(tmp_path, capsys):

@@ -309,7 +309,7 @@ def run_demo(cfg: DemoConfig, notify: Callable[[str], None] | None = None) -> De
                          text_encoder=models["text_encoder"], describer=models["describer"], streams=streams,
                          image_size=image_size, seed=cfg.seed, cache_dir=str(cache), progress=cfg.progress,
                          val_fraction=0.15, extract_batch_size=16, **train_kw)
-        runs[streams] = train(tc)
+        runs[streams] = train(tc, overwrite=True)  # the demo's own folder (claim_output): rebuilt on a rerun
         timing[f"train {streams}" + (" (incl. feature extraction)" if streams == "both" else "")] = time.time() - t
 
     # 5. evaluate on the held-out photos
