@@ -104,6 +104,34 @@ def vit_gflop(backbone: Any, size: int) -> float:
             + 2 * (n - 1) * 3 * cfg.patch_size**2 * d) / 1e9
 
 
+def bf16_breakdown(backbone: Any, batch: int, size: int, ceiling_gflops: float) -> str:
+    """Where a CPU bf16 forward's time goes: one forward under torch.profiler, self time of the attention
+    kernel and of the linear layers, each against its analytic GFLOP and the bf16 matmul ceiling."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    cfg = backbone.model.config
+    d, n, layers = cfg.hidden_size, (size // cfg.patch_size) ** 2 + 1, cfg.num_hidden_layers
+    f = int(getattr(cfg, "intermediate_size", None) or d * cfg.mlp_ratio)
+    attn_gflop = batch * layers * 4 * n * n * d / 1e9
+    linear_gflop = batch * layers * 2 * n * (4 * d * d + 2 * d * f) / 1e9
+    x = torch.randn(batch, 3, size, size, dtype=torch.bfloat16)
+    with torch.inference_mode():
+        backbone(x)
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            backbone(x)
+    times = {"attention": 0.0, "linear": 0.0, "other": 0.0}
+    for ev in prof.key_averages():
+        kind = ("attention" if "scaled_dot_product" in ev.key else "linear" if ev.key in ("aten::addmm", "aten::mm")
+                else "other")
+        times[kind] += ev.self_cpu_time_total / 1e6
+    total = sum(times.values())
+    parts = [f"{k} {t / total:.0%} of the time" + (f" at {g / t:.0f} GFLOP/s = {g / t / ceiling_gflops:.2f} of the ceiling"
+                                                   if (g := {"attention": attn_gflop, "linear": linear_gflop}.get(k)) and t
+                                                   else "") for k, t in times.items()]
+    return "bf16 forward, by op (torch.profiler, one forward): " + "; ".join(parts)
+
+
 def forward_rate(backbone: Any, device: str, dtype: Any, batch: int, size: int, rounds: int) -> float:
     import torch
 
@@ -190,6 +218,8 @@ def main(argv: list[str] | None = None) -> int:
               f"fp32 ceiling); bf16 cast {fb16:.2f} img/s ({fb16 * gflop / c16:.2f} of the bf16 ceiling, "
               f"{fb16 / f32:.2f}x fp32); {gflop:.0f} GFLOP/image")
         print(f"bf16 cast vs fp32 pooled features: min cosine {cos:.5f}")
+        if not gpu:
+            print(bf16_breakdown(b16.backbone, batch, 448, c16))
         print(f"input pipeline at 2 workers sustains {pipe['pil', 2] / fb16:.1f}x (pil) / {pipe['pil-draft', 2] / fb16:.1f}x "
               f"(pil-draft) the bf16 forward rate; end to end extract_regions bf16 + pil-draft with {workers} workers: {e2e:.2f} img/s "
               f"= {e2e / fb16:.2f} of the forward rate")
