@@ -122,6 +122,32 @@ def test_effnet_lite0_onnx_matches_predict_and_whole_image(effnet_model, tmp_pat
     np.testing.assert_allclose(whole[0], model.predict(img).probs, atol=ATOL, rtol=0)
 
 
+def test_external_data_lands_beside_the_graph_under_its_final_name(effnet_model, tmp_path, capsys):
+    """A model over ONNX's 2 GB limit (DINOv2-g) is saved with its weights in a separate file. The export
+    was written under a temp name and renamed, so the graph pointed at the temp file's data name. Now the
+    graph is written under its final name in a temp folder and both files move out: forced here with
+    --external-data, the same save path torch takes on its own above 2 GB."""
+    out = tmp_path / "out" / "effnet.onnx"
+    assert main(["export", str(effnet_model), "--out", str(out), "--external-data"]) == 0
+    assert str(out.with_name("effnet.onnx.data")) in capsys.readouterr().out
+    assert sorted(p.name for p in out.parent.iterdir()) == ["effnet.onnx", "effnet.onnx.data", "effnet.onnx.json"]
+    graph = onnx.load(str(out), load_external_data=False)
+    where = {e.value for t in graph.graph.initializer for e in t.external_data if e.key == "location"}
+    assert where == {"effnet.onnx.data"}
+    assert out.stat().st_size < out.with_name("effnet.onnx.data").stat().st_size
+    assert json.loads(out.with_name("effnet.onnx.json").read_text())["external_data"] == ["effnet.onnx.data"]
+    moved = tmp_path / "elsewhere"  # the pair works wherever it is copied to, from any working directory
+    moved.mkdir()
+    for p in out.parent.iterdir():
+        (moved / p.name).write_bytes(p.read_bytes())
+    model = MaterialClassifier.from_pretrained(effnet_model)
+    regions = _regions(2, seed=7, size=120)
+    _, probs = _run_onnx(moved / "effnet.onnx", model, regions)
+    np.testing.assert_allclose(probs, _torch_reference(model, regions)[1], atol=ATOL, rtol=0)
+    assert main(["export", str(effnet_model), "--out", str(out), "--external-data"]) != 0  # kept without --overwrite
+    assert "--overwrite" in capsys.readouterr().err
+
+
 def test_another_image_size_is_exported_and_checked(effnet_model, tmp_path):
     result = export_onnx(effnet_model, tmp_path / "big.onnx", image_size=128)
     meta = json.loads(result.sidecar.read_text())

@@ -1,4 +1,4 @@
-"""``fmmc export MODEL --format onnx [--out FILE] [--opset N] [--image-size N] [--overwrite]``.
+"""``fmmc export MODEL --format onnx [--out FILE] [--opset N] [--image-size N] [--external-data] [--overwrite]``.
 
     $ fmmc export runs/a/model                       # -> runs/a/model/model.onnx + model.onnx.json
     $ fmmc export runs/a/model --out material.onnx --opset 18
@@ -29,7 +29,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--image-size", type=int, metavar="N",
                    help="input size N x N (a multiple of the patch size); default: the size the model was trained "
                         "at (another one changes its predictions)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing FILE (and its sidecar)")
+    p.add_argument("--external-data", action="store_true", default=None,
+                   help="write the weights to FILE.data beside the graph (default: only when they pass ONNX's 2 GB "
+                        "limit, e.g. DINOv2-g, as torch does)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing FILE (and its sidecar and .data)")
     p.set_defaults(func=run)
 
 
@@ -43,9 +46,11 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else default_out(args.model, source)
     check_output_file(out, args.overwrite)
     check_output_file(out.with_name(out.name + SIDECAR_SUFFIX), args.overwrite, option="--out (its sidecar)")
+    check_output_file(out.with_name(out.name + ".data"), args.overwrite, option="--out (its external data)")
     opset = args.opset or DEFAULT_OPSET
-    result = export_onnx(source, out, opset=opset, image_size=args.image_size)
-    print(f"wrote {result.path} and {result.sidecar}: inputs {', '.join(result.inputs)} -> logits, probs "
+    result = export_onnx(source, out, opset=opset, image_size=args.image_size, external_data=args.external_data)
+    data = "".join(f", {p}" for p in result.external_data)
+    print(f"wrote {result.path}{data} and {result.sidecar}: inputs {', '.join(result.inputs)} -> logits, probs "
           f"(opset {opset}; checked with onnxruntime: max |diff| to torch {result.max_abs_diff:.1e})")
     return 0
 

@@ -35,7 +35,9 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -61,6 +63,7 @@ class ExportResult:
     sidecar: Path
     inputs: tuple[str, ...]
     max_abs_diff: float  # onnxruntime vs torch on the example inputs (logits and probs)
+    external_data: tuple[Path, ...] = ()  # the weights' file(s) beside the graph, when written apart
 
 
 def require_onnx() -> None:
@@ -126,11 +129,12 @@ def _one_scale(value: Any) -> bool:
 
 
 def export_onnx(model_path: str | Path, out: str | Path, opset: int = DEFAULT_OPSET, image_size: int | None = None,
-                batch: int = 2) -> ExportResult:
+                batch: int = 2, external_data: bool | None = None) -> ExportResult:
     """Export the model at ``model_path`` to ``out`` (+ ``out.json``, the sidecar) and check it with
     onnxruntime. ``image_size``: another input size than the trained one (a patch multiple; predictions
-    then differ from the model's). ``batch``: the example batch traced (any batch size runs). Writes
-    nothing unless the check passes."""
+    then differ from the model's). ``batch``: the example batch traced (any batch size runs).
+    ``external_data``: the weights in ``out.data`` beside the graph (True), or as torch decides (None: only
+    over ONNX's 2 GB limit). Writes nothing unless the check passes."""
     require_onnx()
     from fmmc.model.classifier import MaterialClassifier
 
@@ -140,20 +144,26 @@ def export_onnx(model_path: str | Path, out: str | Path, opset: int = DEFAULT_OP
     graph = ExportGraph(model)
     example = example_inputs(graph, model, batch)
     out = Path(out).expanduser()
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    # Written under the final file name inside a temp folder beside it: an external data file is named
+    # and referenced (relative to the graph) as it will be once moved, and nothing half-written shows.
+    work = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     try:
-        _export(graph, example, tmp, opset)
-        diff = check_with_onnxruntime(graph, example, tmp)
+        work.mkdir(parents=True, exist_ok=True)
+        _export(graph, example, work / out.name, opset, external_data)
+        diff = check_with_onnxruntime(graph, example, work / out.name)
         from fmmc.core.io import write_json_atomic
 
+        extra = sorted(p.name for p in work.iterdir() if p.name != out.name)  # the external data, if any
         sidecar = out.with_name(out.name + SIDECAR_SUFFIX)
-        meta = sidecar_data(model, graph, out.name, opset, diff, str(model_path))
-        os.replace(tmp, out)
+        meta = sidecar_data(model, graph, out.name, opset, diff, str(model_path), extra)
+        for name in extra:  # the data first: the graph never appears without it
+            os.replace(work / name, out.with_name(name))
+        os.replace(work / out.name, out)
         write_json_atomic(sidecar, meta)
     finally:
-        tmp.unlink(missing_ok=True)
+        shutil.rmtree(work, ignore_errors=True)
     log.info("exported %s (onnxruntime vs torch: max |diff| %.2e)", out, diff)
-    return ExportResult(out, sidecar, graph.input_names, diff)
+    return ExportResult(out, sidecar, graph.input_names, diff, tuple(out.with_name(n) for n in extra))
 
 
 def _load_overrides(config: Any, image_size: int | None) -> dict[str, Any]:
@@ -193,7 +203,8 @@ def example_inputs(graph: ExportGraph, model: Any, batch: int = 2) -> tuple[torc
     return out
 
 
-def _export(graph: ExportGraph, example: tuple[torch.Tensor, ...], path: Path, opset: int) -> None:
+def _export(graph: ExportGraph, example: tuple[torch.Tensor, ...], path: Path, opset: int,
+            external_data: bool | None = None) -> None:
     """Write ``path`` with the dynamo exporter; batch and mask size free, the image size fixed."""
     from torch.export import Dim
 
@@ -221,7 +232,7 @@ def _export(graph: ExportGraph, example: tuple[torch.Tensor, ...], path: Path, o
     except Exception as e:  # noqa: BLE001 - any exporter failure, as one line (the traceback with -vv)
         first = str(e).strip().splitlines()[0] if str(e).strip() else ""
         raise RuntimeError(f"torch.onnx.export (dynamo) failed for this model: {type(e).__name__}: {first}") from e
-    program.save(str(path))
+    program.save(str(path), external_data=external_data)
 
 
 def check_with_onnxruntime(graph: ExportGraph, example: tuple[torch.Tensor, ...], path: Path) -> float:
@@ -248,7 +259,7 @@ def check_with_onnxruntime(graph: ExportGraph, example: tuple[torch.Tensor, ...]
 
 
 def sidecar_data(model: Any, graph: ExportGraph, onnx_name: str, opset: int, diff: float,
-                 source: str) -> dict[str, Any]:
+                 source: str, external: Sequence[str] = ()) -> dict[str, Any]:
     """The ``*.onnx.json`` sidecar: what a caller without Python needs (docs/export.md)."""
     import onnxruntime as ort
 
@@ -268,6 +279,7 @@ def sidecar_data(model: Any, graph: ExportGraph, onnx_name: str, opset: int, dif
     k = len(model.labels)
     return {
         "format": SIDECAR_FORMAT, "fmmc_version": __version__, "model": source, "onnx": onnx_name,
+        "external_data": list(external),  # weight files the graph loads from beside it (empty: inside it)
         "opset": opset, "exporter": f"torch {torch.__version__} torch.onnx.export(dynamo=True)",
         "input_names": list(graph.input_names),
         "output_names": ["logits", "probs"], "inputs": inputs,
