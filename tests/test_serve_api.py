@@ -236,6 +236,14 @@ def test_bearer_token_and_cors(model, client):
         assert pre.headers.get("access-control-allow-origin") == "http://allowed.example"
         other = c.options("/v1/classify", headers={"Origin": "http://evil.example", "Access-Control-Request-Method": "POST"})
         assert other.headers.get("access-control-allow-origin") is None
+        # refused in the API's one error shape, not Starlette's plain text (a leftover of an earlier review)
+        assert other.status_code == 400 and other.headers["content-type"] == "application/json"
+        err = other.json()["error"]
+        assert err["code"] == "cors_refused" and "'http://evil.example'" in err["message"] and "--cors-origin" in err["message"]
+        bad_header = c.options("/v1/classify", headers={"Origin": "http://allowed.example",
+                                                        "Access-Control-Request-Method": "POST",
+                                                        "Access-Control-Request-Headers": "X-Other"})
+        assert bad_header.status_code == 400 and "headers not allowed" in bad_header.json()["error"]["message"]
     # CORS is off by default
     r = client.get("/v1/model", headers={"Origin": "http://allowed.example"})
     assert "access-control-allow-origin" not in r.headers

@@ -25,12 +25,12 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from fastapi import FastAPI, File, Form, Security, UploadFile
-from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse
 from fastapi.security import HTTPBearer
 from fastapi.staticfiles import StaticFiles
 from PIL import Image
 
+from fmmc.serve.cors import JSONCORSMiddleware
 from fmmc.serve.errors import ApiError, install_handlers
 from fmmc.serve.middleware import GuardMiddleware
 from fmmc.serve.runtime import Runtime
@@ -117,7 +117,7 @@ def create_app(model_or_path: Any, settings: ServeSettings | None = None, name: 
     app.add_middleware(GuardMiddleware, max_body=settings.max_upload_bytes, token=settings.token,
                        read_timeout=settings.read_timeout)
     if settings.cors_origins:
-        app.add_middleware(CORSMiddleware, allow_origins=list(settings.cors_origins), allow_methods=["GET", "POST"],
+        app.add_middleware(JSONCORSMiddleware, allow_origins=list(settings.cors_origins), allow_methods=["GET", "POST"],
                            allow_headers=["Authorization", "Content-Type"])
     # declared for the OpenAPI schema only: GuardMiddleware has already checked the token on every /v1/* path
     auth = [Security(HTTPBearer(auto_error=False, description="required when the server was started with a token"))]

@@ -21,6 +21,8 @@ import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from fmmc.serve.errors import error_body
+
 Scope = dict[str, Any]
 Message = dict[str, Any]
 Receive = Callable[[], Awaitable[Message]]
@@ -51,7 +53,7 @@ def bearer_ok(authorization: str | None, token: str) -> bool:
 def json_error(status: int, code: str, message: str,
                extra: list[tuple[bytes, bytes]] | None = None) -> tuple[Message, Message]:
     """The two ASGI messages of an error answer that closes the connection."""
-    body = json.dumps({"error": {"code": code, "message": message}}).encode()
+    body = json.dumps(error_body(code, message)).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
                (b"connection", b"close"), *(extra or [])]
     return ({"type": "http.response.start", "status": status, "headers": headers},

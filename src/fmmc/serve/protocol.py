@@ -22,6 +22,7 @@ import http
 import json
 from typing import Any
 
+from fmmc.serve.errors import error_body
 from fmmc.serve.settings import ServeSettings
 
 BAD_REQUEST = "malformed HTTP request (request line or a header); send a valid HTTP/1.1 request"
@@ -40,7 +41,7 @@ def protocol_class(settings: ServeSettings, linger_s: float = 2.0) -> type[async
 
 def error_bytes(status: int, code: str, message: str, default_headers: list[tuple[bytes, bytes]]) -> bytes:
     """A whole HTTP/1.1 error answer in the API's JSON shape, closing the connection."""
-    body = json.dumps({"error": {"code": code, "message": message}}).encode()
+    body = json.dumps(error_body(code, message)).encode()
     lines = [f"HTTP/1.1 {status} {http.HTTPStatus(status).phrase}".encode()]
     lines += [name + b": " + value for name, value in default_headers]
     lines += [b"content-type: application/json", b"content-length: " + str(len(body)).encode(),
