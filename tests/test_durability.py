@@ -179,3 +179,54 @@ def test_reproduce_overrides_after_only(tmp_path: Path, capsys: pytest.CaptureFi
 
     cfg = load_grid_config(Path(__file__).parents[1] / "configs" / "offline.yaml", args.overrides, out=str(tmp_path))
     assert cfg.train["epochs"] == 50
+
+
+_WRITER = """
+import os, sys, signal, time, torch
+from fmmc.vision.cache import FeatureCache
+root, first, n, how = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+c = FeatureCache(root, "ns", shard_size=1000)
+for i in range(first, first + n):
+    c.put(f"k{i}", torch.full((4,), float(i)))
+    c.commit()  # one part per vector, as a run's batches are
+print("committed", flush=True)
+if how == "die":
+    os.kill(os.getpid(), signal.SIGKILL)
+time.sleep(60)  # alive, holding its lock, until the test kills it
+"""
+
+
+def test_parts_of_a_killed_writer_are_merged_and_a_live_writers_are_not(tmp_path: Path):
+    """Found in an earlier review and left alone until now: the small parts of a killed or preempted run
+    stayed parts for good (each process merged only its own). Real processes, a real SIGKILL."""
+    import signal
+    import subprocess
+    import sys
+
+    script = tmp_path / "writer.py"
+    script.write_text(_WRITER)
+    dead = subprocess.run([sys.executable, str(script), str(tmp_path), "0", "3", "die"], capture_output=True, text=True)
+    assert dead.returncode == -signal.SIGKILL and "committed" in dead.stdout
+    live = subprocess.Popen([sys.executable, str(script), str(tmp_path), "10", "2", "live"], stdout=subprocess.PIPE,
+                            text=True)
+    try:
+        assert live.stdout is not None and live.stdout.readline().strip() == "committed"
+        d = tmp_path / "ns"
+        assert len(list(d.glob("part-*"))) == 5 and len(list(d.glob("writer-*.lock"))) == 2
+        c = FeatureCache(tmp_path, "ns")
+        c.put("mine", _vec(7))
+        c.commit()
+        c.compact()  # the end of this run: its part, with the dead writer's three, become one shard
+        parts = sorted(p.name for p in d.glob("part-*"))
+        assert len(parts) == 2 and len({p.split("-")[1] for p in parts}) == 1  # the live writer's two, untouched
+        assert len(list(d.glob("shard-*"))) == 1
+        assert len(list(d.glob("writer-*.lock"))) == 1  # the dead writer's lock is gone; the live one's stays
+        fresh = FeatureCache(tmp_path, "ns")
+        assert len(fresh) == 6 and all(torch.equal(fresh.get(f"k{i}"), _vec(i)) for i in (0, 1, 2, 10, 11))
+    finally:
+        live.kill()
+        live.wait()
+    again = FeatureCache(tmp_path, "ns")  # the live writer is dead now too: the next run takes its parts
+    again.compact()
+    assert not list(d.glob("part-*")) and not list(d.glob("writer-*.lock"))
+    assert len(FeatureCache(tmp_path, "ns")) == 6

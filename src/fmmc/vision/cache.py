@@ -9,8 +9,10 @@ small ``part-*`` file (temp file, fsync, rename) and then appends one ``index.js
 in flight, and a half-written file is never indexed. Once this process's parts hold ``shard_size``
 vectors (and at :meth:`compact`) they are merged into one ``shard-*`` file; the merged shard's index
 lines come later in the file, and the last line of a key whose file exists wins, so a kill during a
-merge leaves a valid cache too. Each process merges only its own parts, so several writers can share a
-cache. :meth:`FeatureCache.get` memory-maps shards lazily; a reader of many vectors (head training,
+merge leaves a valid cache too. Each process merges its own parts, so several writers can share a
+cache; a writer holds an exclusive lock on ``writer-<id>.lock`` while it lives, and :meth:`compact` also
+merges the parts of writers that died (their lock is free: the kernel released it with the process), so
+the small parts of killed or preempted runs do not pile up (POSIX ``flock``; elsewhere they stay parts). :meth:`FeatureCache.get` memory-maps shards lazily; a reader of many vectors (head training,
 :mod:`fmmc.train.feature_data`) asks :meth:`FeatureCache.files_of` where they are and reads their
 :func:`tensor_spans` itself.
 
@@ -23,6 +25,7 @@ keeps serving what it has, writing nothing (inference does not need a cache; ``f
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -102,6 +105,7 @@ class FeatureCache:
         self._own_parts: dict[str, list[str]] = {}  # part file -> its keys (this process's, not yet merged)
         self._handles: dict[str, Any] = {}
         self._index_checked = False
+        self._writer: tuple[str, int] | None = None  # (id, fd of its held writer-<id>.lock) once writing
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
             if settings is not None and not (self.dir / "settings.json").exists():
@@ -196,11 +200,95 @@ class FeatureCache:
     flush = commit
 
     def compact(self) -> None:
-        """Commit, then merge this process's parts into one shard (end of a run)."""
+        """Commit, then merge this process's parts into one shard, with the parts of writers that died
+        (end of a run)."""
         with self._lock:
             self._commit_locked()
-            if len(self._own_parts) > 1:
+            adopted = self._adopt_dead_writers_locked()
+            if len(self._own_parts) > 1 or adopted:
                 self._merge_locked()
+            mine = f"part-{self._writer[0]}-" if self._writer is not None else None
+            for part in [p for p in self._own_parts if mine is None or not p.startswith(mine)]:
+                del self._own_parts[part]  # a failed merge: they stay the dead writer's, indexed, for a later run
+            for wid, fd in adopted:
+                if not any(self.dir.glob(f"part-{wid}-*.safetensors")):
+                    with contextlib.suppress(OSError):
+                        (self.dir / f"writer-{wid}.lock").unlink()  # while holding it: nobody adopts it twice
+                os.close(fd)
+            if not self._own_parts:
+                self._release_writer_locked()
+
+    def close(self) -> None:
+        """:meth:`compact`, and give up this writer's lock."""
+        self.compact()
+        with self._lock:
+            self._release_writer_locked()
+
+    # --- writers: one lock file per live process that writes ---
+    def _writer_id(self) -> str:
+        """This writer's id, holding its ``writer-<id>.lock`` (created at the first write)."""
+        if self._writer is None:
+            fcntl = _fcntl()
+            while True:
+                wid = uuid.uuid4().hex[:12]
+                path = self.dir / f"writer-{wid}.lock"
+                fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+                if fcntl is None:
+                    break
+                fcntl.flock(fd, fcntl.LOCK_EX)  # a fresh name: nobody else holds it
+                if _same_file(fd, path):  # not deleted by an adopter that took it for a dead writer's
+                    break
+                os.close(fd)
+            self._writer = (wid, fd)
+        return self._writer[0]
+
+    def _release_writer_locked(self) -> None:
+        if self._writer is not None and not self._own_parts:
+            wid, fd = self._writer
+            self._writer = None
+            with contextlib.suppress(OSError):
+                (self.dir / f"writer-{wid}.lock").unlink()
+            os.close(fd)
+
+    def _adopt_dead_writers_locked(self) -> list[tuple[str, int]]:
+        """Take over the indexed parts of writers whose lock is free (dead): they join this writer's parts
+        and are merged with them. Returns the (id, fd) of each lock taken; the caller closes them."""
+        fcntl = _fcntl()
+        if fcntl is None or not self.writable:
+            return []
+        mine = self._writer[0] if self._writer is not None else None
+        by_writer: dict[str, list[str]] = {}
+        for p in self.dir.glob("part-*-*.safetensors"):
+            wid = p.name.split("-")[1]
+            if wid != mine:
+                by_writer.setdefault(wid, []).append(p.name)
+        taken: list[tuple[str, int]] = []
+        for wid, parts in sorted(by_writer.items()):
+            path = self.dir / f"writer-{wid}.lock"
+            try:
+                fd = os.open(path, os.O_RDWR)
+            except OSError:
+                continue  # no lock file: not a part this scheme wrote (or its adopter is finishing)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                os.close(fd)  # alive: its parts are its own
+                continue
+            if not _same_file(fd, path):
+                os.close(fd)
+                continue
+            self._reload_locked()  # the index as the dead writer left it
+            for part in parts:
+                keys = [k for k, shard in self._index.items() if shard == part]
+                if (self.dir / part).is_file():
+                    if keys:
+                        self._own_parts[part] = keys
+                    else:  # every key of it is in a later file already (a merge killed before its cleanup)
+                        with contextlib.suppress(OSError):
+                            (self.dir / part).unlink()
+            log.info("feature cache %s: merging %d part(s) of a writer that stopped (%s)", self.dir, len(parts), wid)
+            taken.append((wid, fd))
+        return taken
 
     def _commit_locked(self) -> None:
         if not self._pending:
@@ -208,15 +296,15 @@ class FeatureCache:
         if not self.writable:
             self._pending.clear()  # kept in memory by the caller's results; nothing to write
             return
-        name = f"part-{uuid.uuid4().hex[:12]}.safetensors"
+        name = ""
         try:
+            name = f"part-{self._writer_id()}-{uuid.uuid4().hex[:12]}.safetensors"
             save_safetensors(self._pending, self.dir / name, fsync=True)
             self._append_index(list(self._pending), name)
         except OSError as e:
-            try:
-                (self.dir / name).unlink(missing_ok=True)  # written but not indexed: never half-valid
-            except OSError:
-                pass
+            with contextlib.suppress(OSError):
+                if name:
+                    (self.dir / name).unlink(missing_ok=True)  # written but not indexed: never half-valid
             self._pending.clear()
             self._cannot_write(e)
             return
@@ -273,4 +361,22 @@ class FeatureCache:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.compact()
+        self.close()
+
+
+def _fcntl() -> Any:
+    """The ``fcntl`` module where the OS has ``flock`` (POSIX), else None."""
+    try:
+        import fcntl
+    except ImportError:
+        return None
+    return fcntl if hasattr(fcntl, "flock") else None
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    """Whether ``fd`` is still the file at ``path`` (not unlinked, not replaced)."""
+    try:
+        a, b = os.fstat(fd), os.stat(path)
+    except OSError:
+        return False
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
