@@ -230,3 +230,22 @@ def test_parts_of_a_killed_writer_are_merged_and_a_live_writers_are_not(tmp_path
     again.compact()
     assert not list(d.glob("part-*")) and not list(d.glob("writer-*.lock"))
     assert len(FeatureCache(tmp_path, "ns")) == 6
+
+
+def test_a_file_system_without_locks_still_takes_commits(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """Some FUSE and network mounts refuse flock: the cache writes as before and adopts nothing there."""
+    import fcntl
+
+    def no_locks(fd: int, op: int) -> None:
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    a = FeatureCache(tmp_path, "ns")
+    a.put("a", _vec(1))
+    a.commit()
+    b = FeatureCache(tmp_path, "ns")
+    b.put("b", _vec(2))
+    b.commit()
+    b.compact()  # a's part has a lock file nobody can lock: it is left to a
+    assert a.writable and b.writable and len(list((tmp_path / "ns").glob("part-*"))) == 2
+    assert len(FeatureCache(tmp_path, "ns")) == 2

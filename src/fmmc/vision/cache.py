@@ -235,7 +235,12 @@ class FeatureCache:
                 fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
                 if fcntl is None:
                     break
-                fcntl.flock(fd, fcntl.LOCK_EX)  # a fresh name: nobody else holds it
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX)  # a fresh name: nobody else holds it
+                except OSError as e:  # a file system without flock (some FUSE/network mounts): write unlocked
+                    log.info("feature cache %s: no file locks here (%s); parts of killed runs stay parts",
+                             self.dir, describe_os_error(e))
+                    break
                 if _same_file(fd, path):  # not deleted by an adopter that took it for a dead writer's
                     break
                 os.close(fd)
