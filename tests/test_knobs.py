@@ -211,6 +211,23 @@ def test_convert_folder_writes_a_valid_dataset(photos, tmp_path, capsys):
     assert main(["convert", f"folder:{photos}", str(out), "--force"]) == 0
 
 
+def test_convert_never_replaces_a_users_file_without_force(photos, tmp_path, capsys):
+    """Found trying it as a new user: a file of the user's at OUT/images/<class>/<name> was replaced by a
+    hard link to the photo (its content gone) without --force."""
+    out = tmp_path / "mine"
+    first = sorted(p.relative_to(photos) for p in photos.rglob("*.jpg"))[0]
+    theirs = out / "images" / first
+    theirs.parent.mkdir(parents=True)
+    theirs.write_text("USER DATA")
+    assert main(["convert", f"folder:{photos}", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert str(theirs) in err and "--force" in err and len(err.strip().splitlines()) == 1
+    assert theirs.read_text() == "USER DATA" and not (out / "metadata.jsonl").exists()
+    assert sorted(p.name for p in (out / "images").rglob("*") if p.is_file()) == [first.name]  # nothing added
+    assert main(["convert", f"folder:{photos}", str(out), "--force"]) == 0  # asked: replaced
+    assert theirs.samefile(photos / first)
+
+
 def test_convert_copy_and_bad_spec(photos, tmp_path, capsys):
     out = tmp_path / "copied"
     assert main(["convert", f"folder:{photos}", str(out), "--copy"]) == 0

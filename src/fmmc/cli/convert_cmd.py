@@ -9,8 +9,9 @@ labelled by its folder; ``?map=`` maps folder names onto the taxonomy). A datase
 its own folder (:mod:`fmmc.data.confine`), so the images are placed under ``OUT/images/``: hard-linked where
 OUT is on the same file system (no extra disk space), else copied (``--images copy`` always copies).
 ``--images refer`` names them where they are instead; such a dataset is then read only with the opt-in
-(``--allow-outside-paths`` / ``FMMC_ALLOW_OUTSIDE_PATHS=1``). An existing metadata.jsonl is replaced only
-with ``--force``. (``fmmc train --data folder:DIR`` trains on such a tree directly.)
+(``--allow-outside-paths`` / ``FMMC_ALLOW_OUTSIDE_PATHS=1``). An existing metadata.jsonl, or a file under
+``OUT/images/`` that is not already the photo placed there, is replaced only with ``--force`` (checked
+before anything is written). (``fmmc train --data folder:DIR`` trains on such a tree directly.)
 """
 
 from __future__ import annotations
@@ -33,7 +34,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="place the images under OUT/images/<class>/ as hard links (default; copies across file "
                         "systems) or copies, or refer to them where they are (needs --allow-outside-paths to read)")
     p.add_argument("--copy", dest="images", action="store_const", const="copy", help="same as --images copy")
-    p.add_argument("--force", action="store_true", help="replace an existing OUT/metadata.jsonl")
+    p.add_argument("--force", action="store_true",
+                   help="replace an existing OUT/metadata.jsonl and other files at the OUT/images/ paths it writes")
     p.set_defaults(func=run)
 
 
@@ -45,6 +47,13 @@ def run(args: argparse.Namespace) -> int:
     if target.exists() and not args.force:
         raise ValueError(f"{target} already exists; pass --force to replace it (or choose another OUT)")
     regions = read_folder_spec(args.source)
+    if args.images != "refer" and not args.force:
+        taken = [dest for dest, image in ((out / "images" / r.id, Path(r.image)) for r in regions)
+                 if (dest.exists() or dest.is_symlink()) and not (dest.is_file() and os.path.samefile(dest, image))]
+        if taken:
+            raise ValueError(f"{taken[0]} exists and is another file than the photo it would be "
+                             f"({len(taken)} such path(s) under {out / 'images'}); nothing was written: choose "
+                             "another OUT, or pass --force to replace them")
     placed: dict[str, int] = {}
     lines = [_line(r, out, args.images, placed) for r in regions]
     write_metadata(target, lines)
