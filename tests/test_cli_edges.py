@@ -50,6 +50,23 @@ def test_folder_refuses_one_image_options_and_unknown_out(model_dir, photo, tmp_
     assert not (tmp_path / "preds.txt").exists()
 
 
+def test_one_image_with_out_writes_it(model_dir, photo, tmp_path, capsys):
+    """Found trying it as a new user: `predict MODEL img.jpg --out p.jsonl` printed the table, wrote no file
+    and said nothing. One image now follows the folder's file rules."""
+    out = tmp_path / "one.jsonl"
+    assert main(["predict", str(model_dir), str(photo / "p0.png"), "--out", str(out), "--json"]) == 0
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    (row,) = [json.loads(x) for x in out.read_text().splitlines()]
+    assert row == printed and row["id"]
+    assert main(["predict", str(model_dir), str(photo / "p0.png"), "--out", str(out)]) == 1  # kept without --overwrite
+    assert "--overwrite" in capsys.readouterr().err
+    assert main(["predict", str(model_dir), str(photo / "p0.png"), "--out", str(tmp_path / "one.csv")]) == 0
+    assert (tmp_path / "one.csv").read_text().startswith("id,label,confidence,top")
+    assert main(["predict", str(model_dir), str(photo / "p0.png"), "--out", str(tmp_path / "one.txt")]) == 1
+    assert main(["predict", str(model_dir), str(photo / "p0.png"), "--resume"]) == 1
+    assert "nothing to resume" in capsys.readouterr().err
+
+
 def test_run_folder_and_missing_directory(model_dir, photo, tmp_path, capsys):
     run = model_dir.parent  # the folder `fmmc train --out` wrote: holds model/
     assert main(["predict", str(run), str(photo / "p0.png"), "--json"]) == 0

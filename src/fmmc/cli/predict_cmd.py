@@ -60,8 +60,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--top-k", type=positive_int, default=5, help="classes per prediction (>= 1; default 5)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table (its `scores`: the pipeline "
                                                          "convention, [{label, score}, ...])")
-    p.add_argument("--out", help="output file for folders/datasets (.jsonl or .csv; written when complete, finished "
-                                 "predictions kept in .OUT.partial.jsonl meanwhile); default stdout JSONL")
+    p.add_argument("--out", help="output file (.jsonl or .csv; for folders/datasets written when complete, finished "
+                                 "predictions kept in .OUT.partial.jsonl meanwhile); default stdout")
     p.add_argument("--resume", action="store_true", help="continue an interrupted folder/dataset run into --out")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out file (and any interrupted run)")
     p.add_argument("--save-mask", help="write the region mask used (for --point/--object) to this PNG")
@@ -101,6 +101,7 @@ def run(args: argparse.Namespace) -> int:
         return _batch(model, src, classes, args)
     if not src.exists():
         raise FileNotFoundError(f"{src}: no such image, folder or dataset")
+    out = _single_out(args)  # before any work, as for a folder
     model.check_ready(args.description)  # before any image is decoded
     prompts = {}
     if args.point:
@@ -120,12 +121,32 @@ def run(args: argparse.Namespace) -> int:
         from PIL import Image
 
         Image.fromarray(pred.mask.astype("uint8") * 255).save(args.save_mask)
+    row = _row(pred, args.top_k, model.class_indices(classes))
+    if out is not None:
+        from fmmc.core.io import atomic_file
+
+        with atomic_file(out) as f:
+            _write_rows(f, [row], csv_format=out.suffix.lower() == ".csv")
+        print(f"1 prediction written to {out}", file=sys.stderr)
     if args.json:
-        print(json.dumps(_row(pred, args.top_k, model.class_indices(classes))))
+        print(json.dumps(row))
     else:
         for label, prob in pred.top(args.top_k):
             print(f"{label:<12} {prob:.3f}")
     return 0
+
+
+def _single_out(args: argparse.Namespace) -> Path | None:
+    """``--out F`` for one image: the same file rules as a folder's (no journal: one prediction)."""
+    from fmmc.core.outputs import check_output_file
+
+    if args.resume:
+        raise ValueError("--resume continues an interrupted folder or dataset run; one image has nothing to resume")
+    if not args.out:
+        return None
+    if Path(args.out).suffix.lower() not in OUT_SUFFIXES:
+        raise ValueError(f"--out {args.out}: use a {', '.join(OUT_SUFFIXES)} file (JSON lines, or CSV)")
+    return check_output_file(args.out, args.overwrite)
 
 
 def _row(pred, top_k: int, candidates: list[int] | None) -> dict:
