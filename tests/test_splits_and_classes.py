@@ -194,6 +194,27 @@ def test_cli_predict_classes_all(model, model_dir, tmp_path, capsys):
     assert_trained_only(model.predict(path).probs)
 
 
+def test_top_k_lists_only_the_classes_chosen_among(model, model_dir, tmp_path, capsys):
+    """Found trying it as a new user: a model trained on a few classes listed untrained ones at 0.000 in
+    `fmmc predict` (top 5) and in Prediction.top, and `--classes metal,wood` listed others at 0.000 too,
+    while model(image, top_k=) did not. One rule now: top-k is over the classes the prediction chose among."""
+    img = Image.fromarray(scene())
+    trained = set(TRAINED)
+    assert {lab for lab, _ in model.predict(img).top(21)} == trained
+    assert len(model.predict(img).top(21)) == len(trained)
+    assert [lab for lab, _ in model.predict(img, classes=["glass", "wood"]).top(5)] in (["glass", "wood"],
+                                                                                        ["wood", "glass"])
+    assert len(model.predict(img, classes="all").top(21)) == 21
+    assert [d["label"] for d in model(img, top_k=21)] == [lab for lab, _ in model.predict(img).top(21)]
+    path = tmp_path / "scene.png"
+    img.save(path)
+    assert main(["predict", str(model_dir), str(path), "--json", "--top-k", "21", "--classes", "glass,wood"]) == 0
+    row = json.loads(capsys.readouterr().out)
+    assert {t["label"] for t in row["top"]} == {"glass", "wood"} == {t["label"] for t in row["scores"]}
+    assert main(["predict", str(model_dir), str(path), "--top-k", "21"]) == 0
+    assert {line.split()[0] for line in capsys.readouterr().out.strip().splitlines()} == trained
+
+
 def test_service_defaults_to_the_trained_classes(model):
     import httpx
 

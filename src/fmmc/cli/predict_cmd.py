@@ -121,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
         from PIL import Image
 
         Image.fromarray(pred.mask.astype("uint8") * 255).save(args.save_mask)
-    row = _row(pred, args.top_k, model.class_indices(classes))
+    row = _row(pred, args.top_k)
     if out is not None:
         from fmmc.core.io import atomic_file
 
@@ -149,11 +149,11 @@ def _single_out(args: argparse.Namespace) -> Path | None:
     return check_output_file(args.out, args.overwrite)
 
 
-def _row(pred, top_k: int, candidates: list[int] | None) -> dict:
+def _row(pred, top_k: int) -> dict:
     """One prediction's JSON: :meth:`Prediction.to_json` plus ``scores``, the pipeline convention."""
     from fmmc.model.pipeline import scores
 
-    return {**pred.to_json(top_k), "scores": scores(pred, top_k, candidates)}
+    return {**pred.to_json(top_k), "scores": scores(pred, top_k)}
 
 
 def _check_batch_args(src: Path, args: argparse.Namespace) -> None:
@@ -221,8 +221,7 @@ def _batch(model, src: Path, classes, args: argparse.Namespace) -> int:
                   file=sys.stderr)
     preds, failures = predict_journaled(model, regions, journal, progress=not args.quiet and "predict",
                                         classes=classes, description=args.description)
-    candidates = model.class_indices(classes)
-    rows = [dict(_row(p, args.top_k, candidates), **({"true_label": r.label} if r.label else {}))
+    rows = [dict(_row(p, args.top_k), **({"true_label": r.label} if r.label else {}))
             for r, p in zip(regions, preds) if p is not None]
     if out is not None:
         with atomic_file(out) as f:  # appears complete, or not at all

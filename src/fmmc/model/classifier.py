@@ -248,6 +248,10 @@ class MaterialClassifier:
                              "None (the classes the model was trained on)")
         return list(classes)
 
+    def _candidates(self, classes: Classes) -> tuple[int, ...] | None:
+        idx = self.class_indices(classes)
+        return None if idx is None or len(idx) == len(self.labels) else tuple(idx)
+
     def class_indices(self, classes: Classes) -> list[int] | None:
         """Taxonomy indices of ``classes`` (see :meth:`resolve_classes`; None = every class); unknown names
         raise ValueError."""
@@ -312,7 +316,8 @@ class MaterialClassifier:
             vis = None if enc.vis is None else enc.vis[k : k + 1]
             txt = None if enc.txt is None else enc.txt[k : k + 1]
             probs = self.probabilities(vis, txt, it.classes)[0]
-            out.append(Prediction(probs, self.labels, description=enc.descriptions[k], mask=it.mask))
+            out.append(Prediction(probs, self.labels, description=enc.descriptions[k], mask=it.mask,
+                                  candidates=self._candidates(it.classes)))
         return out
 
     # ----- inference -----
@@ -338,8 +343,9 @@ class MaterialClassifier:
                                           descriptions=[texts[i] for i in keep])
         probs = self.probabilities(enc.vis, enc.txt, classes) if enc.index else []
         out: list[Prediction | None] = [None] * len(regions)
+        candidates = self._candidates(classes)
         for j, p, d in zip(enc.index, probs, enc.descriptions):
-            out[keep[j]] = Prediction(p, self.labels, id=regions[keep[j]].id, description=d)
+            out[keep[j]] = Prediction(p, self.labels, id=regions[keep[j]].id, description=d, candidates=candidates)
         return out, skipped + enc.failures
 
     @overload

@@ -57,6 +57,8 @@ def predict_journaled(model: Any, regions: list[Region], journal: Journal | None
                     rec["description"] = p.description
                 if p.extra:
                     rec["extra"] = p.extra
+                if p.candidates is not None:
+                    rec["candidates"] = list(p.candidates)
             else:
                 rec = {"key": keys[i], "error": errors.get(regions[i].id, "no prediction returned")}
             records.append(rec)
@@ -70,8 +72,10 @@ def predict_journaled(model: Any, regions: list[Region], journal: Journal | None
     for r, k in zip(regions, keys):
         rec = fresh.get(k) or done.get(k) or {}
         if "probs" in rec:
+            cand = rec.get("candidates")
             out.append(Prediction(np.asarray(rec["probs"], dtype=rec.get("dtype", "float64")), labels, id=r.id,
-                                  description=rec.get("description"), extra=dict(rec.get("extra") or {})))
+                                  description=rec.get("description"), extra=dict(rec.get("extra") or {}),
+                                  candidates=None if cand is None else tuple(int(i) for i in cand)))
         else:
             out.append(None)
             failures_out.append((r.id, str(rec.get("error", "no prediction returned"))))

@@ -25,16 +25,12 @@ URL_TIMEOUT_S = 30.0
 URL_MAX_BYTES = 50 * 1024 * 1024
 
 
-def scores(pred: Prediction, top_k: int, candidates: list[int] | None = None) -> list[dict[str, Any]]:
-    """``[{"label", "score"}, ...]`` of ``pred``: its ``top_k`` classes among ``candidates`` (taxonomy
-    indices; None: every class), highest first (ties in taxonomy order)."""
+def scores(pred: Prediction, top_k: int) -> list[dict[str, Any]]:
+    """``[{"label", "score"}, ...]`` of ``pred``: its ``top_k`` classes among those it chose from
+    (:meth:`Prediction.top`), highest first (ties in taxonomy order)."""
     if top_k < 1:
         raise ValueError(f"top_k={top_k}: ask for at least 1 class")
-    k = min(top_k, len(candidates) if candidates is not None else len(pred.labels))
-    allowed = None if candidates is None else set(candidates)
-    order = [i for i in sorted(range(len(pred.labels)), key=lambda i: -float(pred.probs[i]))
-             if allowed is None or i in allowed]
-    return [{"label": pred.labels[i], "score": float(pred.probs[i])} for i in order[:k]]
+    return [{"label": label, "score": p} for label, p in pred.top(top_k)]
 
 
 def is_url(image: Any) -> bool:
@@ -72,8 +68,8 @@ def pipeline_call(model: MaterialClassifier, images: Any, top_k: int = 5, allow_
     """``model(images, top_k=...)``: see the module docstring; ``kwargs`` go to ``model.predict``."""
     if top_k < 1:
         raise ValueError(f"top_k={top_k}: ask for at least 1 class")
-    candidates = model.class_indices(kwargs.get("classes"))  # also checks the names before any work
+    model.class_indices(kwargs.get("classes"))  # checks the names before any work
     if isinstance(images, (list, tuple)):
         preds = model.predict([_resolve(im, allow_urls) for im in images], **kwargs)
-        return [scores(p, top_k, candidates) for p in preds]
-    return scores(model.predict(_resolve(images, allow_urls), **kwargs), top_k, candidates)
+        return [scores(p, top_k) for p in preds]
+    return scores(model.predict(_resolve(images, allow_urls), **kwargs), top_k)

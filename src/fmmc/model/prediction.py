@@ -42,6 +42,7 @@ class Prediction:
     mask: np.ndarray | None = None  # the region used (bool [H, W]) when it was derived from a prompt
     description: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    candidates: tuple[int, ...] | None = None  # the label indices it chose among (None: every label)
 
     @property
     def label(self) -> str:
@@ -52,8 +53,13 @@ class Prediction:
         return float(np.max(self.probs))
 
     def top(self, k: int = 5) -> list[tuple[str, float]]:
-        order = np.argsort(-self.probs, kind="stable")[:k]
-        return [(self.labels[i], float(self.probs[i])) for i in order]
+        """The ``k`` most probable of the classes it chose among (never a class the model was not asked
+        about, at 0), highest first; ties in label order."""
+        order = [int(i) for i in np.argsort(-self.probs, kind="stable")]
+        if self.candidates is not None:
+            allowed = set(self.candidates)
+            order = [i for i in order if i in allowed]
+        return [(self.labels[i], float(self.probs[i])) for i in order[:k]]
 
     def to_json(self, k: int = 5) -> dict[str, Any]:
         out: dict[str, Any] = {"id": self.id, "label": self.label, "confidence": round(self.confidence, 6),
