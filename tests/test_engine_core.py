@@ -157,3 +157,7 @@ def test_features_takes_the_train_overrides_and_fills_the_cache_train_reads(tiny
     assert [d for d in (cache / "features").iterdir() if d.is_dir()] == [ns]  # the same namespace, nothing new
     assert main(["features", str(tiny_dataset), *common, "--image-size", "56", "--cache-dir", str(cache), *same]) == 0
     assert "features: 0 extracted" in capsys.readouterr().out
+    # key=value wins over a flag, as in `fmmc train` (the help said the opposite for a while)
+    assert main(["features", str(tiny_dataset), *common, "--image-size", "112", "--cache-dir", str(cache), *same,
+                 "image_size=56"]) == 0
+    assert "features: 0 extracted" in capsys.readouterr().out

@@ -13,11 +13,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import TypeVar
 
 from fmmc.cli.options import add_allow_outside, add_num_workers
-
-T = TypeVar("T")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -50,7 +47,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_num_workers(p)
     p.add_argument("overrides", nargs="*", metavar="key=value",
                    help="TrainConfig overrides, as `fmmc train` takes them: layers=3, scales=[1.0,1.5], "
-                        "flip_tta=true, ... (defaults < --config < key=value < flags)")
+                        "flip_tta=true, ... (defaults < --config < flags < key=value, as for `fmmc train`)")
     p.set_defaults(func=run)
 
 
@@ -66,33 +63,35 @@ def add_engine_args(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from fmmc.cli.options import train_overrides
     from fmmc.core.config import load_config
     from fmmc.data.dataset import load_dataset
     from fmmc.engine import engine_spec, get_engine
     from fmmc.engine.features import FeatureJob, extract_features
     from fmmc.train.config import TrainConfig
 
-    cfg = load_config(TrainConfig, args.config, args.overrides)
+    flags = (("backbone", "backbone"), ("describer", "describer"), ("image_size", "image_size"),
+             ("pooling", "pooling"), ("min_coverage", "min_coverage"), ("dtype", "dtype"), ("decoder", "decoder"),
+             ("null_mask", "null_mask"), ("cache_dir", "cache_dir"), ("batch_size", "extract_batch_size"))
+    cfg = load_config(TrainConfig, args.config, train_overrides(args, flags))  # the order `fmmc train` has
     configured = bool(args.config or args.overrides)  # TrainConfig's own defaults name no models to run
-    backbone = args.backbone or (cfg.backbone if configured else None)
-    describer = args.describer or (cfg.describer if configured and cfg.streams != "vision" else None)
+    backbone = cfg.backbone if configured or args.backbone else None
+    describer = (cfg.describer if (configured and cfg.streams != "vision") or args.describer else None)
     if not backbone and not describer:
         raise ValueError("nothing to do: give --backbone SPEC (e.g. hf:facebook/dinov2-base), --describer SPEC "
                          "or --config TRAIN_CONFIG")
     regions = load_dataset(args.data, split=args.split, allow_outside_root=args.allow_outside_paths)
-    cache_dir = args.cache_dir or cfg.cache_dir
-    batch_size = args.batch_size or cfg.extract_batch_size
+    cache_dir = cfg.cache_dir
+    batch_size = cfg.extract_batch_size
     engine = get_engine(engine_spec(args.engine, args.ray_address))
     resources = {"concurrency": args.concurrency, "num_gpus": args.num_gpus, "num_cpus": args.num_cpus}
     failed = 0
     try:
         if backbone and backbone != "none":
             job = FeatureJob(
-                backbone=backbone, image_size=_pick(args.image_size, cfg.image_size),
-                pooling=_pick(args.pooling, cfg.pooling), min_coverage=_pick(args.min_coverage, cfg.min_coverage),
-                dtype=_pick(args.dtype, cfg.dtype), device=args.device, batch_size=batch_size,
-                cache_dir=cache_dir, null_mask=bool(_pick(args.null_mask, cfg.null_mask)),
-                decoder=_pick(args.decoder, cfg.decoder), num_workers=_pick(args.num_workers, cfg.num_workers),
+                backbone=backbone, image_size=cfg.image_size, pooling=cfg.pooling, min_coverage=cfg.min_coverage,
+                dtype=cfg.dtype, device=args.device, batch_size=batch_size, cache_dir=cache_dir,
+                null_mask=cfg.null_mask, decoder=cfg.decoder, num_workers=cfg.num_workers,
                 layers=cfg.layers, scales=cfg.scales, flip_tta=cfg.flip_tta,
             )
             rep = extract_features(regions, job, engine, progress=not args.quiet, **resources)
@@ -113,10 +112,6 @@ def run(args: argparse.Namespace) -> int:
     finally:
         engine.close()
     return 1 if failed else 0
-
-
-def _pick(flag: T | None, default: T) -> T:
-    return default if flag is None else flag
 
 
 def _show_failures(failures: list[tuple[str, str]], limit: int = 20) -> None:
