@@ -228,6 +228,26 @@ def test_convert_never_replaces_a_users_file_without_force(photos, tmp_path, cap
     assert theirs.samefile(photos / first)
 
 
+def test_folder_spec_in_features_validate_and_predict(photos, tmp_path, capsys):
+    """Found trying it as a new user: folder:DIR worked for train and eval only; features, validate and
+    predict said "folder:DIR/metadata.jsonl not found" or "no such image". features now reads it as train
+    does (same regions, same cache), validate and predict say what to do instead."""
+    spec = f"folder:{photos}"
+    cache = tmp_path / "cache"
+    assert main(["features", spec, "--backbone", "builtin:efficientnet-lite0", "--image-size", "64",
+                 "--cache-dir", str(cache), "--quiet"]) == 0
+    assert "features: 12 extracted" in capsys.readouterr().out
+    assert main(["features", spec, "--backbone", "builtin:efficientnet-lite0", "--split", "train"]) == 1
+    assert "no splits" in capsys.readouterr().err
+    assert main(["validate", spec]) == 1
+    assert f"fmmc convert {spec} OUT" in capsys.readouterr().err
+    run = tmp_path / "run"
+    assert main(["train", "--data", spec, "--out", str(run), "--backbone", "builtin:efficientnet-lite0", "--streams",
+                 "vision", "--epochs", "1", "image_size=64", f"cache_dir={cache}", "--quiet"]) == 0
+    assert main(["predict", str(run), spec]) == 1
+    assert f"fmmc predict MODEL {photos}" in capsys.readouterr().err
+
+
 def test_convert_copy_and_bad_spec(photos, tmp_path, capsys):
     out = tmp_path / "copied"
     assert main(["convert", f"folder:{photos}", str(out), "--copy"]) == 0

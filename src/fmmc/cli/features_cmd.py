@@ -21,7 +21,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("features", help="precompute vision features (and descriptions) for training, locally or on Ray",
                        description="Fill the feature cache (and, with --describer, the description cache) that "
                                    "`fmmc train` reads. Settings: TrainConfig defaults < --config FILE < flags.")
-    p.add_argument("data", help="dataset folder with metadata.jsonl")
+    p.add_argument("data", help="dataset folder with metadata.jsonl, or folder:DIR (DIR/<class>/*.jpg, as for "
+                                "`fmmc train --data`)")
     p.add_argument("--config", help="a TrainConfig YAML/JSON file: use its backbone, image_size, pooling, "
                                     "min_coverage, dtype, null_mask, cache_dir, describer")
     p.add_argument("--backbone", help="vision backbone spec (see `fmmc list backbones`); 'none' skips features")
@@ -80,7 +81,14 @@ def run(args: argparse.Namespace) -> int:
     if not backbone and not describer:
         raise ValueError("nothing to do: give --backbone SPEC (e.g. hf:facebook/dinov2-base), --describer SPEC "
                          "or --config TRAIN_CONFIG")
-    regions = load_dataset(args.data, split=args.split, allow_outside_root=args.allow_outside_paths)
+    if str(args.data).startswith("folder:"):  # read as `fmmc train --data folder:DIR` reads it
+        from fmmc.train.trainer import load_training_data
+
+        if args.split:
+            raise ValueError(f"--split {args.split}: a folder:DIR tree has no splits; drop --split")
+        regions = load_training_data(args.data, allow_outside_root=args.allow_outside_paths)
+    else:
+        regions = load_dataset(args.data, split=args.split, allow_outside_root=args.allow_outside_paths)
     cache_dir = cfg.cache_dir
     batch_size = cfg.extract_batch_size
     engine = get_engine(engine_spec(args.engine, args.ray_address))

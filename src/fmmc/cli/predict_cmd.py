@@ -100,6 +100,9 @@ def run(args: argparse.Namespace) -> int:
     if src.is_dir():
         return _batch(model, src, classes, args)
     if not src.exists():
+        if str(args.input).startswith("folder:"):
+            raise FileNotFoundError(f"{args.input}: predict takes the folder itself: fmmc predict MODEL "
+                                    f"{args.input.removeprefix('folder:').split('?')[0]} (every image under it)")
         raise FileNotFoundError(f"{src}: no such image, folder or dataset")
     out = _single_out(args)  # before any work, as for a folder
     model.check_ready(args.description)  # before any image is decoded

@@ -20,6 +20,10 @@ def run(args: argparse.Namespace) -> int:
     from fmmc.data.validate import validate_dataset
     from fmmc.taxonomy import load_taxonomy
 
+    if str(args.dataset).startswith("folder:"):
+        raise ValueError(f"{args.dataset}: validate checks a dataset's metadata.jsonl; a folder:DIR tree is read "
+                         "directly by train, eval and features (they report its problems), or write one with "
+                         f"`fmmc convert {args.dataset} OUT` and validate OUT")
     n, problems = validate_dataset(args.dataset, load_taxonomy(args.taxonomy), check_files=not args.no_files,
                                    allow_outside_root=args.allow_outside_paths)
     for p in problems:
