@@ -98,3 +98,14 @@ def test_user_taxonomy_file(tmp_path):
     f.write_text("classes: [a, a]\n")
     with pytest.raises(ValueError, match="more than once"):
         load_taxonomy(f)
+
+
+def test_an_override_without_a_value_suggests_one_that_works():
+    """Found trying it as a new user: `fmmc train ... lr` suggested train.lr=1e-4, itself refused for a
+    TrainConfig ("unknown field(s) ['train']"). The example now names the key given."""
+    from fmmc.core.config import load_config
+    from fmmc.train.config import TrainConfig
+
+    with pytest.raises(ValueError, match=r"e\.g\. lr=VALUE") as err:
+        load_config(TrainConfig, None, ["lr"])
+    assert load_config(TrainConfig, None, [str(err.value).split("e.g. ")[1].split(" ")[0].replace("VALUE", "1e-4")]).lr == 1e-4

@@ -115,7 +115,9 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep or not key:
-            raise ValueError(f"override {item!r} must look like key=value (e.g. train.lr=1e-4)")
+            name = key.strip() or "lr"
+            raise ValueError(f"override {item!r} must look like key=value, e.g. {name}=VALUE (a section's field: "
+                             "section.key=VALUE)")
         node = data
         parts = key.split(".")
         for part in parts[:-1]:
