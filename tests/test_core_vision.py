@@ -65,8 +65,21 @@ def test_other_transformers_backbones(tmp_path, arch):
 
 def test_missing_weights_offline_is_one_clear_error(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(WeightsUnavailableError, match="(?is)pass a local path.*or allow downloads"):
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    with pytest.raises(WeightsUnavailableError, match="(?is)pass a local path.*or allow downloads \\(unset HF_HUB_OFFLINE,"):
         build("backbone", "hf:facebook/dinov2-base-not-cached")
+
+
+def test_the_fix_names_only_the_offline_switches_that_are_set(monkeypatch):
+    """Found trying it as a new user: "unset HF_HUB_OFFLINE" was advised with nothing set."""
+    from fmmc.core.hub import unavailable_message
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    online = unavailable_message("org/m", "backbone", "no network")
+    assert "unset" not in online and "HF_HUB_OFFLINE=1 makes fmmc stop asking it" in online
+    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
+    assert "(unset TRANSFORMERS_OFFLINE, then check" in unavailable_message("org/m", "backbone", "no network")
 
 
 class _UserBackbone(torch.nn.Module):

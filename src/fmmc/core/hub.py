@@ -209,11 +209,15 @@ def _one_line(text: str, limit: int = 300) -> str:
 
 def unavailable_message(source: str, what: str, reason: str) -> str:
     """The one message for hub weights that cannot be had here: what, why, and every way to fix it."""
+    set_offline = [v for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+                   if os.environ.get(v, "0").lower() in ("1", "true", "yes")]
+    allow = (f"allow downloads (unset {' and '.join(set_offline)}, then check your network and HF_ENDPOINT)"
+             if set_offline else "fix the hub's reach (your network, proxy and HF_ENDPOINT; HF_HUB_OFFLINE=1 makes "
+             "fmmc stop asking it)")
     return (
         f"cannot load {what} {source!r}: the weights are not in the local Hugging Face cache and the hub "
         f"could not be reached ({reason}). Pass a local path (e.g. `hf:/path/to/model`, a directory written by "
-        f"save_pretrained) or allow downloads (unset HF_HUB_OFFLINE, check your network and HF_ENDPOINT); the "
-        f"offline specs {OFFLINE_SPECS} work without a hub."
+        f"save_pretrained) or {allow}; the offline specs {OFFLINE_SPECS} work without a hub."
     )
 
 
