@@ -109,3 +109,13 @@ def test_an_override_without_a_value_suggests_one_that_works():
     with pytest.raises(ValueError, match=r"e\.g\. lr=VALUE") as err:
         load_config(TrainConfig, None, ["lr"])
     assert load_config(TrainConfig, None, [str(err.value).split("e.g. ")[1].split(" ")[0].replace("VALUE", "1e-4")]).lr == 1e-4
+
+
+@pytest.mark.parametrize("override", ["epochs=0", "batch_size=0", "patience=-1", "lr=0", "lr=-1"])
+def test_training_numbers_that_cannot_train_are_refused_before_any_work(override, tmp_path, capsys):
+    """Found trying it as a new user: --epochs 0 "succeeded" and saved an untrained model."""
+    out = tmp_path / "run"
+    assert main(["train", "--data", str(tmp_path / "not-read"), "--out", str(out), override]) == 1
+    err = capsys.readouterr().err
+    assert override.split("=")[0] + "=" in err and "e.g." in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()

@@ -87,6 +87,12 @@ def check_recipe(cfg: Any) -> None:
     if cfg.recipe not in RECIPES:
         raise ValueError(f"recipe={cfg.recipe!r}: choose paper (the configured hidden, standardize, lr, weight_decay, "
                          "epochs) or auto (chosen by cross-validation on the training split)")
+    for name in ("epochs", "batch_size", "patience"):  # before any work: epochs=0 saved an untrained head
+        value = getattr(cfg, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name}={value!r}: give a whole number of at least 1, e.g. {name}=20")
+    if not cfg.lr > 0:
+        raise ValueError(f"lr={cfg.lr!r}: the learning rate must be above 0, e.g. lr=1e-3")
     if cfg.recipe == "auto" and cfg.cv_folds < 2:
         raise ValueError(f"cv_folds={cfg.cv_folds}: cross-validation needs at least 2 folds (default 5)")
     if cfg.recipe == "auto" and cfg.mode != "head":
