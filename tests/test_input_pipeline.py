@@ -166,3 +166,19 @@ def test_torchvision_decoder_without_torchvision_says_how_to_fix(tiny_dinov2: Pa
     choices = next(a.choices for a in build_parser()._subparsers._group_actions[0].choices["features"]._actions
                    if a.dest == "decoder")
     assert sorted(choices) == sorted(DECODERS)
+
+
+def test_skipped_regions_are_named_in_the_warning(tiny_dinov2: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture):
+    """Found trying it as a new user: `fmmc eval` over a folder with a corrupt JPEG said only "1 of 16 regions
+    skipped (bad image or mask)", without naming it."""
+    import logging
+
+    regions = load_dataset(write_dataset(tmp_path / "d", n_per_class=2, size=48))
+    broken = Path(regions[1].image)
+    broken.write_bytes(broken.read_bytes()[:40])  # truncated
+    ex = FeatureExtractor(build("backbone", f"hf:{tiny_dinov2}", image_size=112), batch_size=2, num_workers=0)
+    with caplog.at_level(logging.WARNING, logger="fmmc.vision.extractor"):
+        _, ok, failures = ex.extract_regions(regions, progress=False)
+    assert len(failures) == 1 and len(ok) == len(regions) - 1
+    (line,) = [r.getMessage() for r in caplog.records if "skipped" in r.getMessage()]
+    assert f"1 of {len(regions)} regions skipped" in line and regions[1].id in line and broken.name in line

@@ -389,7 +389,9 @@ class FeatureExtractor:
         ok = sorted(results)
         feats = torch.stack([results[i] for i in ok]) if ok else torch.empty(0, self.feature_dim)
         if failures:
-            log.warning("%d of %d regions skipped (bad image or mask)", len(failures), len(regions))
+            shown = "; ".join(f"{rid}: {msg}" for rid, msg in failures[:3])
+            log.warning("%d of %d regions skipped (bad image or mask): %s%s", len(failures), len(regions), shown,
+                        f"; and {len(failures) - 3} more" if len(failures) > 3 else "")
         return feats, ok, failures
 
     def _decode_on_device(self, todo: list[tuple[int, str, Prepared]], regions: Sequence[Region],
