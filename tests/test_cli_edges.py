@@ -67,6 +67,27 @@ def test_one_image_with_out_writes_it(model_dir, photo, tmp_path, capsys):
     assert "nothing to resume" in capsys.readouterr().err
 
 
+def test_a_dataset_lines_own_fields_reach_its_predictions(model_dir, photo, tmp_path, capsys):
+    """docs/dataset-format.md: other fields are "passed through to predictions and reports". Found trying
+    it as a new user: predict --out dropped them (source, role, licence, split)."""
+    from fmmc.model.classifier import MaterialClassifier
+
+    ds = tmp_path / "ds"
+    ds.mkdir()
+    (ds / "a.png").write_bytes((photo / "p0.png").read_bytes())
+    label = MaterialClassifier.from_pretrained(model_dir).trained_classes[0]
+    line = {"file_name": "a.png", "label": label, "split": "test", "source": "catalogue-7", "licence": "CC0"}
+    (ds / "metadata.jsonl").write_text(json.dumps(line) + "\n")
+    out = tmp_path / "p.jsonl"
+    assert main(["predict", str(model_dir), str(ds), "--out", str(out), "--quiet"]) == 0
+    (row,) = [json.loads(x) for x in out.read_text().splitlines()]
+    assert (row["true_label"], row["split"], row["source"], row["licence"]) == (label, "test", "catalogue-7", "CC0")
+    ev = tmp_path / "eval"
+    assert main(["eval", str(model_dir), "--data", str(ds), "--out", str(ev), "--quiet"]) == 0
+    (erow,) = [json.loads(x) for x in (ev / "predictions.jsonl").read_text().splitlines()]
+    assert (erow["source"], erow["licence"]) == ("catalogue-7", "CC0")
+
+
 def test_run_folder_and_missing_directory(model_dir, photo, tmp_path, capsys):
     run = model_dir.parent  # the folder `fmmc train --out` wrote: holds model/
     assert main(["predict", str(run), str(photo / "p0.png"), "--json"]) == 0

@@ -224,8 +224,7 @@ def _batch(model, src: Path, classes, args: argparse.Namespace) -> int:
                   file=sys.stderr)
     preds, failures = predict_journaled(model, regions, journal, progress=not args.quiet and "predict",
                                         classes=classes, description=args.description)
-    rows = [dict(_row(p, args.top_k), **({"true_label": r.label} if r.label else {}))
-            for r, p in zip(regions, preds) if p is not None]
+    rows = [_with_region(_row(p, args.top_k), r) for r, p in zip(regions, preds) if p is not None]
     if out is not None:
         with atomic_file(out) as f:  # appears complete, or not at all
             _write_rows(f, rows, csv_format=out.suffix.lower() == ".csv")
@@ -244,6 +243,14 @@ def _batch(model, src: Path, classes, args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 1
     return 0
+
+
+def _with_region(row: dict, region) -> dict:
+    """A dataset line's label (``true_label``), split and own extra fields, passed on to its prediction."""
+    more = {"true_label": region.label, "split": region.split}
+    row.update({k: v for k, v in more.items() if v is not None})
+    row.update({k: v for k, v in region.extra.items() if k not in row})
+    return row
 
 
 def _write_rows(f, rows: list[dict], csv_format: bool) -> None:

@@ -176,7 +176,7 @@ def load_dataset(root: str | Path, split: str | None = None, allow_outside_root:
         try:
             obj = json.loads(line)
         except json.JSONDecodeError as e:
-            raise DatasetError(f"{where}: not valid JSON ({e.msg})") from e
+            raise DatasetError(f"{where}: not valid JSON ({e.msg}, at column {e.colno})") from e
         region = parse_line(obj, base, where, outside)
         if region.id in seen:
             raise DatasetError(f"{where}: duplicate id {region.id!r} (first on line {seen[region.id]}); ids must be unique")

@@ -45,7 +45,7 @@ def validate_dataset(root: str | Path, taxonomy: Taxonomy | None = None, check_f
         try:
             region = parse_line(json.loads(line), base, where, outside)
         except json.JSONDecodeError as e:
-            problems.append(Problem(where, f"not valid JSON ({e.msg})"))
+            problems.append(Problem(where, f"not valid JSON ({e.msg}, at column {e.colno})"))
             continue
         except DatasetError as e:
             problems.append(_problem(e, where))

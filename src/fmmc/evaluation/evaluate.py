@@ -128,6 +128,7 @@ def evaluate(model: Any, ts: TestSet, settings: EvalSettings | None = None, jour
             row.update({key: v for key, v in p.extra.items() if key != "abstained"})
             if p.description is not None:
                 row["description"] = p.description
+        row.update({key: v for key, v in r.extra.items() if key not in row})  # the line's own fields, passed on
         if r.id in errors:
             row["error"] = errors[r.id]
         rows.append(row)
