@@ -36,3 +36,20 @@ def test_box_rule_is_the_predict_rule(tmp_path):
     where = [p.where.rsplit(":", 1)[-1] for p in problems]
     assert where == ["2", "3"], problems  # partly outside: clipped (as predict does); outside / no area: errors
     assert "outside" in problems[0].message and "zero or negative area" in problems[1].message
+
+
+def test_valid_data_that_train_would_refuse_gets_notes(tmp_path, capsys):
+    """Found trying it as a new user: validate said "0 problem(s)" for data `fmmc train` then refused (lines
+    without a description for describer=metadata; every region split=test)."""
+    from fmmc.cli.main import main
+
+    ds = _dataset(tmp_path, [{"file_name": "img.png", "label": "wood", "split": "test", "id": f"r{i}"}
+                             for i in range(3)])
+    assert main(["validate", str(ds)]) == 0  # still valid: notes, not problems
+    out = capsys.readouterr().out
+    assert "note: every region is split=test" in out and "3 of 3 regions have no 'description'" in out
+    assert "0 problem(s)" in out
+    lines = [{"file_name": "img.png", "label": "wood", "split": "train", "description": "oak", "id": "a"},
+             {"file_name": "img.png", "label": "wood", "split": "val", "description": "oak", "id": "b"}]
+    assert main(["validate", str(_dataset(tmp_path, lines))]) == 0
+    assert "note:" not in capsys.readouterr().out.replace("note: splits", "")

@@ -28,5 +28,30 @@ def run(args: argparse.Namespace) -> int:
                                    allow_outside_root=args.allow_outside_paths)
     for p in problems:
         print(p)
+    notes = [] if problems else usage_notes(args.dataset, args.allow_outside_paths)
+    for note in notes:
+        print(f"note: {note}")
     print(f"{n} regions checked, {len(problems)} problem(s)")
     return 1 if problems else 0
+
+
+def usage_notes(dataset: str, allow_outside_paths: bool) -> list[str]:
+    """What a valid dataset cannot do yet, said before `fmmc train` refuses it: no training regions, and
+    lines without a description (which a two-stream model trained with describer=metadata needs)."""
+    from collections import Counter
+
+    from fmmc.data.dataset import load_dataset
+
+    regions = load_dataset(dataset, allow_outside_root=allow_outside_paths)
+    splits = Counter(r.split or "(none: split automatically)" for r in regions)
+    notes = []
+    if regions and all(r.split == "test" for r in regions):
+        notes.append("every region is split=test: fine for `fmmc eval`; `fmmc train` needs regions of another split")
+    missing = [r for r in regions if r.description is None]
+    if missing:
+        notes.append(f"{len(missing)} of {len(regions)} regions have no 'description' (first: {missing[0].id!r}): "
+                     "`fmmc train` with the default two streams and describer=metadata needs one on every line "
+                     "(or train with --streams vision, or a describer that writes them)")
+    if len(splits) > 1 or notes:
+        notes.append("splits: " + ", ".join(f"{k} {v}" for k, v in sorted(splits.items())))
+    return notes
