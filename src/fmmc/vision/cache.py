@@ -12,7 +12,8 @@ lines come later in the file, and the last line of a key whose file exists wins,
 merge leaves a valid cache too. Each process merges its own parts, so several writers can share a
 cache; a writer holds an exclusive lock on ``writer-<id>.lock`` while it lives, and :meth:`compact` also
 merges the parts of writers that died (their lock is free: the kernel released it with the process), so
-the small parts of killed or preempted runs do not pile up (POSIX ``flock``; elsewhere they stay parts). :meth:`FeatureCache.get` memory-maps shards lazily; a reader of many vectors (head training,
+the small parts of killed or preempted runs do not pile up (POSIX ``flock``; elsewhere they stay parts).
+:meth:`FeatureCache.get` memory-maps shards lazily; a reader of many vectors (head training,
 :mod:`fmmc.train.feature_data`) asks :meth:`FeatureCache.files_of` where they are and reads their
 :func:`tensor_spans` itself.
 
@@ -204,12 +205,11 @@ class FeatureCache:
         (end of a run)."""
         with self._lock:
             self._commit_locked()
-            adopted = self._adopt_dead_writers_locked()
+            adopted, parts = self._adopt_dead_writers_locked()
             if len(self._own_parts) > 1 or adopted:
                 self._merge_locked()
-            mine = f"part-{self._writer[0]}-" if self._writer is not None else None
-            for part in [p for p in self._own_parts if mine is None or not p.startswith(mine)]:
-                del self._own_parts[part]  # a failed merge: they stay the dead writer's, indexed, for a later run
+            for part in parts:
+                self._own_parts.pop(part, None)  # a failed merge: they stay the dead writer's, indexed, for a later run
             for wid, fd in adopted:
                 if not any(self.dir.glob(f"part-{wid}-*.safetensors")):
                     with contextlib.suppress(OSError):
@@ -255,12 +255,13 @@ class FeatureCache:
                 (self.dir / f"writer-{wid}.lock").unlink()
             os.close(fd)
 
-    def _adopt_dead_writers_locked(self) -> list[tuple[str, int]]:
+    def _adopt_dead_writers_locked(self) -> tuple[list[tuple[str, int]], list[str]]:
         """Take over the indexed parts of writers whose lock is free (dead): they join this writer's parts
-        and are merged with them. Returns the (id, fd) of each lock taken; the caller closes them."""
+        and are merged with them. Returns the (id, fd) of each lock taken (the caller closes them) and the
+        parts taken."""
         fcntl = _fcntl()
         if fcntl is None or not self.writable:
-            return []
+            return [], []
         mine = self._writer[0] if self._writer is not None else None
         by_writer: dict[str, list[str]] = {}
         for p in self.dir.glob("part-*-*.safetensors"):
@@ -268,7 +269,7 @@ class FeatureCache:
             if wid != mine:
                 by_writer.setdefault(wid, []).append(p.name)
         taken: list[tuple[str, int]] = []
-        for wid, parts in sorted(by_writer.items()):
+        for wid in sorted(by_writer):
             path = self.dir / f"writer-{wid}.lock"
             try:
                 fd = os.open(path, os.O_RDWR)
@@ -282,18 +283,25 @@ class FeatureCache:
             if not _same_file(fd, path):
                 os.close(fd)
                 continue
-            self._reload_locked()  # the index as the dead writer left it
-            for part in parts:
-                keys = [k for k, shard in self._index.items() if shard == part]
-                if (self.dir / part).is_file():
-                    if keys:
-                        self._own_parts[part] = keys
-                    else:  # every key of it is in a later file already (a merge killed before its cleanup)
-                        with contextlib.suppress(OSError):
-                            (self.dir / part).unlink()
-            log.info("feature cache %s: merging %d part(s) of a writer that stopped (%s)", self.dir, len(parts), wid)
             taken.append((wid, fd))
-        return taken
+        if not taken:
+            return [], []
+        self._reload_locked()  # the index as the dead writers left it: read once
+        keys_of: dict[str, list[str]] = {}
+        for key, shard in self._index.items():
+            keys_of.setdefault(shard, []).append(key)
+        adopted = []
+        for wid, _ in taken:
+            for part in by_writer[wid]:
+                if part in keys_of:
+                    self._own_parts[part] = keys_of[part]
+                    adopted.append(part)
+                else:  # every key of it is in a later file already (a merge killed before its cleanup)
+                    with contextlib.suppress(OSError):
+                        (self.dir / part).unlink()
+            log.info("feature cache %s: merging %d part(s) of a writer that stopped (%s)", self.dir,
+                     len(by_writer[wid]), wid)
+        return taken, adopted
 
     def _commit_locked(self) -> None:
         if not self._pending:
