@@ -26,7 +26,7 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING
 
-from fmmc.cli.options import add_allow_outside, add_num_workers
+from fmmc.cli.options import add_allow_outside, add_num_workers, add_train_flags
 
 if TYPE_CHECKING:
     from fmmc.evaluation.evaluate import EvalSettings
@@ -63,11 +63,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-plots", action="store_true", help="skip the PNG figures")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     g = p.add_argument_group("training, for --protocol splits:N (as `fmmc train`)")
-    g.add_argument("--config", help="YAML/JSON TrainConfig file")
-    g.add_argument("--backbone", help="vision backbone spec (see `fmmc list backbones`)")
-    g.add_argument("--text-encoder", help="text encoder spec (see `fmmc list text-encoders`)")
-    g.add_argument("--streams", choices=["both", "vision", "language"])
-    g.add_argument("--epochs", type=int)
+    add_train_flags(g, describer=False)  # --describer is above: it describes the test regions too
     g.add_argument("overrides", nargs="*", help="key=value TrainConfig overrides (splits:N), e.g. lr=1e-3")
     add_allow_outside(p)
     add_num_workers(p)

@@ -3,7 +3,8 @@
 Precompute what ``fmmc train`` (head mode) needs from the frozen models: pooled vision features into the
 feature cache and, with ``--describer``, region descriptions into the description cache. Training with the
 same settings (``--config`` takes them from a TrainConfig file, ``key=value`` arguments as ``fmmc train``
-takes them) then reads both and runs no backbone or describer. With ``--engine ray`` the work runs as a Ray Data pipeline over an actor pool (docs/ray.md)::
+takes them) then reads both and runs no backbone or describer. With ``--engine ray`` the work runs as a
+Ray Data pipeline over an actor pool (docs/ray.md)::
 
     fmmc features data/synth --backbone hf:facebook/dinov2-base --engine ray --ray-address auto --num-gpus 0.5
     fmmc train --data data/synth --backbone hf:facebook/dinov2-base ...     # finds every feature cached
@@ -20,7 +21,7 @@ from fmmc.cli.options import add_allow_outside, add_num_workers
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("features", help="precompute vision features (and descriptions) for training, locally or on Ray",
                        description="Fill the feature cache (and, with --describer, the description cache) that "
-                                   "`fmmc train` reads. Settings: TrainConfig defaults < --config FILE < flags.")
+                                   "`fmmc train` reads. Settings: TrainConfig defaults < --config FILE < flags < key=value.")
     p.add_argument("data", help="dataset folder with metadata.jsonl, or folder:DIR (DIR/<class>/*.jpg, as for "
                                 "`fmmc train --data`)")
     p.add_argument("--config", help="a TrainConfig YAML/JSON file: use its backbone, image_size, pooling, "
@@ -66,10 +67,10 @@ def add_engine_args(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from fmmc.cli.options import train_overrides
     from fmmc.core.config import load_config
-    from fmmc.data.dataset import load_dataset
     from fmmc.engine import engine_spec, get_engine
     from fmmc.engine.features import FeatureJob, extract_features
     from fmmc.train.config import TrainConfig
+    from fmmc.train.trainer import load_training_data
 
     flags = (("backbone", "backbone"), ("describer", "describer"), ("image_size", "image_size"),
              ("pooling", "pooling"), ("min_coverage", "min_coverage"), ("dtype", "dtype"), ("decoder", "decoder"),
@@ -81,14 +82,7 @@ def run(args: argparse.Namespace) -> int:
     if not backbone and not describer:
         raise ValueError("nothing to do: give --backbone SPEC (e.g. hf:facebook/dinov2-base), --describer SPEC "
                          "or --config TRAIN_CONFIG")
-    if str(args.data).startswith("folder:"):  # read as `fmmc train --data folder:DIR` reads it
-        from fmmc.train.trainer import load_training_data
-
-        if args.split:
-            raise ValueError(f"--split {args.split}: a folder:DIR tree has no splits; drop --split")
-        regions = load_training_data(args.data, allow_outside_root=args.allow_outside_paths)
-    else:
-        regions = load_dataset(args.data, split=args.split, allow_outside_root=args.allow_outside_paths)
+    regions = load_training_data(args.data, allow_outside_root=args.allow_outside_paths, split=args.split)
     cache_dir = cfg.cache_dir
     batch_size = cfg.extract_batch_size
     engine = get_engine(engine_spec(args.engine, args.ray_address))

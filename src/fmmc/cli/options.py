@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 ALLOW_OUTSIDE_HELP = ("trust the dataset: accept absolute paths and ../ that leave its folder (default: an error, "
                       "since datasets come from the internet; also FMMC_ALLOW_OUTSIDE_PATHS=1)")
@@ -11,6 +12,19 @@ ALLOW_OUTSIDE_HELP = ("trust the dataset: accept absolute paths and ../ that lea
 def add_allow_outside(p: argparse.ArgumentParser) -> None:
     """``--allow-outside-paths`` (:mod:`fmmc.data.confine`)."""
     p.add_argument("--allow-outside-paths", action="store_true", help=ALLOW_OUTSIDE_HELP)
+
+
+def add_train_flags(p: Any, describer: bool = True) -> None:
+    """The TrainConfig flags of ``fmmc train`` (and ``fmmc eval --protocol splits:N``), read back by
+    :func:`train_overrides`: ``--config``, ``--backbone``, ``--text-encoder``, ``--describer``, ``--streams``,
+    ``--epochs``."""
+    p.add_argument("--config", help="YAML/JSON TrainConfig file")
+    p.add_argument("--backbone", help="vision backbone spec (see `fmmc list backbones`)")
+    p.add_argument("--text-encoder", help="text encoder spec (see `fmmc list text-encoders`)")
+    if describer:
+        p.add_argument("--describer", help="describer spec (see `fmmc list describers`)")
+    p.add_argument("--streams", choices=["both", "vision", "language"])
+    p.add_argument("--epochs", type=int)
 
 
 def add_num_workers(p: argparse.ArgumentParser) -> None:

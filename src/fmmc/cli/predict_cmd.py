@@ -147,8 +147,7 @@ def _single_out(args: argparse.Namespace) -> Path | None:
         raise ValueError("--resume continues an interrupted folder or dataset run; one image has nothing to resume")
     if not args.out:
         return None
-    if Path(args.out).suffix.lower() not in OUT_SUFFIXES:
-        raise ValueError(f"--out {args.out}: use a {', '.join(OUT_SUFFIXES)} file (JSON lines, or CSV)")
+    _check_out_suffix(args)
     return check_output_file(args.out, args.overwrite)
 
 
@@ -167,6 +166,10 @@ def _check_batch_args(src: Path, args: argparse.Namespace) -> None:
         raise ValueError(f"{', '.join(one_image)} applies to one image, and {src} is a folder: give per-image regions "
                          "in a metadata.jsonl (mask_file_name or box per line; `fmmc convert` writes one), or predict "
                          "one image at a time")
+    _check_out_suffix(args)
+
+
+def _check_out_suffix(args: argparse.Namespace) -> None:
     if args.out and Path(args.out).suffix.lower() not in OUT_SUFFIXES:
         raise ValueError(f"--out {args.out}: use a {', '.join(OUT_SUFFIXES)} file (JSON lines, or CSV)")
 

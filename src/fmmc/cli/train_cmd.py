@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from fmmc.cli.options import add_allow_outside, add_num_workers
+from fmmc.cli.options import add_allow_outside, add_num_workers, add_train_flags
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -17,12 +17,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", help="run directory (model in OUT/model)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace a finished `fmmc train` run in --out (a stopped one is resumed without it)")
-    p.add_argument("--config", help="YAML/JSON TrainConfig file")
-    p.add_argument("--backbone", help="vision backbone spec (see `fmmc list backbones`)")
-    p.add_argument("--text-encoder", help="text encoder spec (see `fmmc list text-encoders`)")
-    p.add_argument("--describer", help="describer spec (see `fmmc list describers`)")
-    p.add_argument("--streams", choices=["both", "vision", "language"])
-    p.add_argument("--epochs", type=int)
+    add_train_flags(p)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("overrides", nargs="*", help="key=value TrainConfig overrides")
     add_allow_outside(p)

@@ -46,12 +46,15 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def load_training_data(spec: str, allow_outside_root: bool = False) -> list[Region]:
+def load_training_data(spec: str, allow_outside_root: bool = False, split: str | None = None) -> list[Region]:
     """The regions of ``data=`` / ``val_data=``: a dataset folder (metadata.jsonl), or ``folder:DIR`` with options
     (``folder:DIR?map=fmd``), read as ``fmmc eval --data folder:DIR`` reads it: every image under
-    ``DIR/<class>/`` is one whole-image region labelled by its folder."""
+    ``DIR/<class>/`` is one whole-image region labelled by its folder. ``split``: only that split's regions
+    (a dataset's; a folder tree has none)."""
     if not str(spec).startswith("folder:"):
-        return load_dataset(spec, allow_outside_root=allow_outside_root)
+        return load_dataset(spec, split=split, allow_outside_root=allow_outside_root)
+    if split:
+        raise DatasetError(f"split {split!r}: {spec} is a folder:DIR tree, which has no splits; drop --split")
     from fmmc.data.readers.folder import load_folder
     from fmmc.data.readers.spec import parse_data_spec
 

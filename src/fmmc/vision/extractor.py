@@ -144,6 +144,7 @@ class FeatureExtractor:
             check_available(self.pre)  # before any work
         parts = pooling_parts(pooling)
         self.pooling = "+".join(parts)
+        self._said_no_cls = False  # pooling=cls on a map without a global token: warned once (pool_cells)
         if isinstance(layers, bool) or not isinstance(layers, int) or layers < 1:
             raise ValueError(f"layers={layers!r}: give how many of the backbone's last layers to pool, 1 or more")
         self.layers = layers
@@ -253,7 +254,7 @@ class FeatureExtractor:
                    index: torch.Tensor | None = None) -> torch.Tensor:
         """Pool feature maps over cell masks; ``index`` maps each mask to its feature-map row. Masks are
         pooled ``POOL_CHUNK`` at a time, so many masks of one image never expand the map all at once."""
-        if cls is None and "cls" in self.pooling.split("+") and not getattr(self, "_said_no_cls", False):
+        if cls is None and "cls" in self.pooling.split("+") and not self._said_no_cls:
             self._said_no_cls = True
             log.warning("pooling=%s: this backbone (or layer) has no global token, so its 'cls' part is the global "
                         "mean of the feature map; say pooling=mean to make "
